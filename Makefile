@@ -1,0 +1,34 @@
+# The two commands a new user runs: `make demo` and `make test`. Both create .venv and install.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Torch trap: this machine's pip prefers a local CPU-only torch wheel, and PyPI's torchvision
+# (CUDA build) fails to import against it. The CUDA pair from PyPI runs fine on CPU, so install
+# it first with --isolated (ignores local wheel folders), then the project on top.
+TORCH_SPEC ?= torch==2.13.0 torchvision==0.28.0
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip --isolated install --disable-pip-version-check -q $(TORCH_SPEC)
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[test]'
+	$(PY) -c "import torch, torchvision, open_clip, ray, img2dataset, pipeline" 
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/mmcurate demo
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+clean:
+	rm -rf runs/demo .pytest_cache
