@@ -18,7 +18,7 @@ def _planted(n_base: int, n_dup: int, d: int = 64, cos: float = 0.97, seed: int 
     return np.concatenate([base, dup]), src
 
 
-@pytest.mark.parametrize("index", ["flat", "ivf"])
+@pytest.mark.parametrize("index", ["flat", "ivf", "clustered"])
 def test_finds_planted_duplicates(index):
     emb, src = _planted(3000, 200)
     uids = np.arange(len(emb), dtype=np.int64) + 1000
