@@ -36,8 +36,9 @@ _GIVEN_CHARS = list("伟芳娜秀英敏静丽强磊军洋勇艳杰娟涛明超�
 _EN_FIRST = ["James", "Mary", "John", "Patricia", "Robert", "Jennifer", "Michael", "Linda",
              "David", "Emily", "Daniel", "Sarah", "Thomas", "Jessica", "Kevin", "Laura",
              "Brian", "Olivia", "George", "Emma"]
-_EN_LAST = ["Smith", "Johnson", "Williams", "Brown", "Jones", "Miller", "Davis", "Wilson",
-            "Anderson", "Taylor", "Thomas", "Moore", "Martin", "Jackson", "Thompson", "White",
+# No colour words (Brown, White): a name must not read as a scene attribute.
+_EN_LAST = ["Smith", "Johnson", "Williams", "Young", "Jones", "Miller", "Davis", "Wilson",
+            "Anderson", "Taylor", "Thomas", "Moore", "Martin", "Jackson", "Thompson", "Lee",
             "Harris", "Clark", "Lewis", "Walker"]
 _EMAIL_DOMAINS = ["qq.com", "163.com", "126.com", "gmail.com", "outlook.com", "sina.com",
                   "foxmail.com", "yahoo.com", "example.cn", "mail.example.org"]

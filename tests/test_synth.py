@@ -236,15 +236,17 @@ def test_caption_truth(busy):
         assert got["count"] == str(r["count"])
         lang_zh = bool(re.search(r"[\u4e00-\u9fff]", r["true_caption"]))
         assert lang_zh == (r["lang"] == "zh")
+    # PII names (黄伟) and sensitive words (黑彩网站) may name a colour before the caption does.
+    skip = {"uninformative", "pii", "sensitive"}
     for r in _rows(labels, "wrong_attribute"):
-        if r["true_caption"] is None or {"uninformative", "traditional"} & set(r["labels"]):
+        if r["true_caption"] is None or skip & set(r["labels"]):
             continue
         got = extract_attributes(r["caption"])
         field = r["wrong_field"]
         want = str(r[field]) if field == "count" else r[field]
         assert got[field] != want
     for r in _rows(labels, "mismatched"):
-        if r["true_caption"] is None:
+        if r["true_caption"] is None or skip & set(r["labels"]):
             continue
         got = extract_attributes(r["caption"])
         assert got["shape"] != r["shape"] and got["color"] != r["color"]
