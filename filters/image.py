@@ -19,9 +19,9 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 89_478_485
-# pHash is computed on a 32x32 resample; reducing huge images first (integer box reduce, cheap)
+# pHash is computed on a 32x32 resample; box-reducing to ~64 px first (integer reduce, cheap)
 # keeps the resample from dominating the cost without changing the low-frequency content.
-_PHASH_REDUCE_TO = 256
+_PHASH_REDUCE_TO = 64
 
 IMAGE_COLUMNS: tuple[str, ...] = (
     "decode_ok", "decode_error", "image_format", "image_mode", "width", "height", "short_side",

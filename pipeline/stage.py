@@ -13,7 +13,7 @@ and returns a small picklable state handed to every worker's `setup`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import pyarrow as pa
 
@@ -36,6 +36,8 @@ class Stage:
     name: ClassVar[str] = ""
     # Columns read from the store; "uid" is always provided.
     needs: ClassVar[tuple[str, ...]] = ()
+    # Columns used when an earlier stage produced them (e.g. a cleaned caption), absent otherwise.
+    optional: ClassVar[tuple[str, ...]] = ()
     # Columns this stage adds (checked by the runner, so a stage can't silently drop or rename).
     provides: ClassVar[tuple[str, ...]] = ()
 
@@ -47,8 +49,8 @@ class Stage:
     def resources(self) -> Resources:
         return Resources()
 
-    def needed_columns(self) -> tuple[str, ...]:
-        """Columns to read; a stage whose needs depend on its config overrides this."""
+    def needed_columns(self, available: Sequence[str]) -> Sequence[str]:
+        """Columns to read, given what earlier stages produced; override when needs vary."""
         return self.needs
 
     def prepare(self, store: "ColumnStore") -> Any:
