@@ -6,6 +6,7 @@ from 0 to its configured value over the first epoch, as ALBEF does. bf16 autocas
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -116,7 +117,9 @@ def _ray_train(args: dict, num_workers: int, ray_address: str | None, use_gpu: b
     result = trainer.fit()
     if result.error:
         raise result.error
-    return dict(result.metrics)
+    # Rank 0 writes its metrics next to the checkpoint (out/ is shared storage on a cluster);
+    # Ray Train only keeps reported metrics that come with a Ray checkpoint.
+    return json.loads((Path(args["out"]) / "train_metrics.json").read_text())
 
 
 def _ray_worker(args: dict) -> None:
@@ -227,4 +230,7 @@ def _loop(cfg_json: str, data, out: str, steps: int | None, epochs: float | None
         dist.barrier()
     if bar is not None:
         bar.close()
-    return {"step": step, "losses": history, "last": last, "bad_samples": bad}
+    metrics = {"step": step, "losses": history, "last": last, "bad_samples": bad}
+    if rank == 0:
+        (out_dir / "train_metrics.json").write_text(json.dumps(metrics))
+    return metrics
