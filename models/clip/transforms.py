@@ -92,28 +92,31 @@ def _crop_or_pad(arr: np.ndarray, th: int, tw: int, fill: int) -> np.ndarray:
 
 
 def tensor_resize_crop(img: torch.Tensor, spec: PixelSpec) -> torch.Tensor:
-    """Resize + crop/pad a CHW uint8 tensor (any device) to spec.size; returns CHW float 0..255.
+    """Resize + crop/pad CHW or NCHW (same-size batch) uint8 on any device to spec.size;
+    returns float 0..255 in the same layout.
 
     Used after GPU decode, so the pixels never leave the device. Antialiased like PIL, so the
     result is close to (not bit-identical with) the CPU path.
     """
+    single = img.dim() == 3
+    x = img.unsqueeze(0) if single else img
     th, tw = spec.size
-    _, h, w = img.shape
+    h, w = x.shape[-2:]
     nw, nh = _scaled_size(w, h, spec)
-    x = img.unsqueeze(0).float()
+    x = x.float()
     if (nh, nw) != (h, w):
         mode = spec.interpolation if spec.interpolation in ("bicubic", "bilinear") else "bilinear"
         x = F.interpolate(x, size=(nh, nw), mode=mode, antialias=True, align_corners=False)
         x = x.clamp_(0, 255)
-    x = x[0]
     if nh < th or nw < tw:
         pad_h, pad_w = max(0, th - nh), max(0, tw - nw)
         x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2),
                   value=float(spec.fill))
-        nh, nw = x.shape[1], x.shape[2]
+        nh, nw = x.shape[-2], x.shape[-1]
     top = int(round((nh - th) / 2.0))
     left = int(round((nw - tw) / 2.0))
-    return x[:, top:top + th, left:left + tw]
+    x = x[..., top:top + th, left:left + tw]
+    return x[0] if single else x
 
 
 def normalize_batch(pixels: torch.Tensor, spec: PixelSpec, dtype: torch.dtype) -> torch.Tensor:
