@@ -109,3 +109,22 @@ def tiny_model(tok, **extra):
     cfg = load_config("tiny", tiny_overrides(**{"text.vocab_size": tok.vocab_size, **extra}))
     torch.manual_seed(0)
     return AlbefModel(cfg, tok.token_ids())
+
+
+def write_toy_split(path: Path, n: int = 12, seed: int = 5) -> None:
+    """A held-out parquet in the eval split's format."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        c, p = str(rng.choice(list(COLORS))), str(rng.choice(list(POS)))
+        buf = io.BytesIO()
+        toy_sample(c, p).save(buf, format="PNG")
+        rows.append({"image_id": f"t{i}", "image": buf.getvalue(),
+                     "captions_en": [f"a {c} square on the {p}", f"{c} square, {p} side"],
+                     "captions_zh": [f"{POS_ZH[p]}有一个{COLORS_ZH[c]}的方块"],
+                     "shape": "square", "color": c, "size": "medium", "position": p, "count": 1,
+                     "background": "plain"})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
