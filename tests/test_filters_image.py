@@ -184,3 +184,15 @@ def test_to_rgb_bad_input_raises_clear_error():
         to_rgb(b"junk")
     with pytest.raises(ValueError, match="empty"):
         to_rgb(b"")
+
+
+def test_phash_hex_equals_imagehash():
+    import imagehash
+
+    from filters.image import phash_hex
+
+    rng = np.random.default_rng(3)
+    for i in range(20):
+        small = rng.integers(0, 256, size=(6, 9, 3), dtype=np.uint8)
+        im = Image.fromarray(small, "RGB").resize((90 + i, 60 + 2 * i), Image.Resampling.BILINEAR)
+        assert phash_hex(im) == str(imagehash.phash(im))
