@@ -44,7 +44,10 @@ def _invalidate_stale(workdir: Path, stages: list[str], fps: dict[str, str], for
             stale = True
             if name == "download":
                 shutil.rmtree(workdir / "download_raw", ignore_errors=True)
-        (d).mkdir(parents=True, exist_ok=True)
+        d.mkdir(parents=True, exist_ok=True)
+        # Temp files of a killed run: their shard was never renamed into place, so it is redone.
+        for tmp in d.rglob(".*.tmp"):
+            tmp.unlink()
         atomic_write_json({"fingerprint": fps[name]}, marker)
 
 
