@@ -80,9 +80,10 @@ def bench_images(n: int, rng: np.random.Generator) -> None:
 
 
 def _timed(fn) -> float:
-    t = time.perf_counter()
+    # CPU time of this process: the figure is per core and the machine may be shared.
+    t = time.process_time()
     fn()
-    return time.perf_counter() - t
+    return time.process_time() - t
 
 
 def _lexicon(n: int, rng: random.Random) -> list[str]:
@@ -95,21 +96,23 @@ def _lexicon(n: int, rng: random.Random) -> list[str]:
     return sorted(words)
 
 
-def _captions(n: int, rng: random.Random) -> list[str]:
+def _captions(n: int, rng: random.Random, noise: bool = True) -> list[str]:
+    """~30-character zh/en captions; with `noise`, some carry boilerplate, traditional
+    characters, a phone number or an email."""
     out = []
     for i in range(n):
         if rng.random() < 0.6:
             c = "".join(rng.choice(_ZH_PARTS[k]) for k in ("who", "where", "what", "tail"))
             c += "".join(rng.choice(_COMMON_HAN) for _ in range(rng.randint(0, 10)))
-            if i % 10 == 0:
+            if noise and i % 10 == 0:
                 c += " 查看原网页"
-            if i % 13 == 0:
+            if noise and i % 13 == 0:
                 c = c.replace("风景", "風景").replace("东", "東") + "電話13800138000"
         else:
             c = " ".join(rng.choice(_EN_WORDS) for _ in range(rng.randint(4, 8)))
-            if i % 11 == 0:
+            if noise and i % 11 == 0:
                 c += " - click to enlarge"
-            if i % 17 == 0:
+            if noise and i % 17 == 0:
                 c += " mail a.b@example.com"
         out.append(c)
     return out
@@ -185,7 +188,7 @@ def bench_names(n: int, rng: random.Random) -> None:
             else:
                 name = en_name(nrng)
                 syn.append((rng.choice(ctx_en).format(name), {name}))
-        syn += [(c, set()) for c in _captions(400, rng)]
+        syn += [(c, set()) for c in _captions(400, rng, noise=False)]
         p, r, m = _prf(syn, det)
         print(f"  synthetic (synth.pii names in context + 400 name-free captions, {m}): precision {p:.3f} recall {r:.3f}")
     caps = _captions(n, rng)
@@ -216,8 +219,8 @@ def bench_pii(n: int) -> None:
         stats = per.setdefault(kind, [0, 0])
         stats[0] += 1
         stats[1] += int(text not in out and counts.get(kind, 0) >= 1)
-    clean = _captions(5000, random.Random(2))
-    fp = sum(1 for c in clean if not any(ch.isdigit() for ch in c) and red.redact(c)[1])
+    clean = _captions(5000, random.Random(2), noise=False)
+    fp = sum(1 for c in clean if red.redact(c)[1])
     print(f"pii: synth.pii phrases, recall by type: " +
           ", ".join(f"{k} {v[1] / v[0]:.3f} ({v[0]})" for k, v in sorted(per.items())))
     t = _timed(lambda: [red.redact(c, "zh") for c in clean])

@@ -60,19 +60,25 @@ class ScriptCounts:
     latin_words: int
     kana_hangul: int
     letters: int  # all letters including the above
+    han_unique: int = 0  # distinct Han characters (for the repetition stat)
 
 
 def script_counts(text: str) -> ScriptCounts:
+    """Letter counts by script. Letters of other alphabets are only counted when the Han rule
+    has not already made the caption zh (they only matter for the en/other decision)."""
     if text.isascii():
-        latin = sum(1 for c in text if c.isalpha())
-        return ScriptCounts(0, latin, len(_LATIN_WORD_RE.findall(text)) if latin else 0, 0, latin)
-    return ScriptCounts(
-        han=len(HAN_RE.findall(text)),
-        latin=len(_LATIN_LETTER_RE.findall(text)),
-        latin_words=len(_LATIN_WORD_RE.findall(text)),
-        kana_hangul=len(KANA_HANGUL_RE.findall(text)),
-        letters=len(_LETTER_RE.findall(text)),
-    )
+        runs = _LATIN_WORD_RE.findall(text)
+        latin = sum(map(len, runs))
+        return ScriptCounts(0, latin, len(runs), 0, latin)
+    han_chars = HAN_RE.findall(text)
+    han = len(han_chars)
+    runs = _LATIN_WORD_RE.findall(text)
+    latin = sum(map(len, runs))
+    kh = len(KANA_HANGUL_RE.findall(text)) if KANA_HANGUL_RE.search(text) else 0
+    letters = han + latin + kh
+    if not han or han < len(runs) or kh:
+        letters = len(_LETTER_RE.findall(text))
+    return ScriptCounts(han, latin, len(runs), kh, letters, len(set(han_chars)))
 
 
 def count_han(text: str) -> int:
@@ -118,7 +124,19 @@ def words(text: str, lang: str | None = None) -> list[str]:
     if lang is None:
         lang = "zh" if count_han(text) else "en"
     toks = segment(text) if lang == "zh" else text.split()
-    return [t for t in toks if _WORDLIKE_RE.search(t)]
+    return [t for t in toks if t.isalnum() or (not t.isspace() and _WORDLIKE_RE.search(t))]
+
+
+@lru_cache(maxsize=1 << 14)
+def token_boundaries(text: str) -> tuple[frozenset[int], frozenset[int]]:
+    """(start offsets, end offsets) of jieba tokens; cached like `segment`."""
+    starts, ends = [], []
+    pos = 0
+    for tok in segment(text):
+        starts.append(pos)
+        pos += len(tok)
+        ends.append(pos)
+    return frozenset(starts), frozenset(ends)
 
 
 def token_spans(text: str) -> list[tuple[int, int]]:

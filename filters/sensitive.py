@@ -16,11 +16,12 @@ Overlapping matches are all reported; `mask` replaces the union of their spans w
 """
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import ahocorasick
 
@@ -80,8 +81,7 @@ def _build(words: Iterable[str]) -> ahocorasick.Automaton | None:
     return a
 
 
-@dataclass(frozen=True)
-class Match:
+class Match(NamedTuple):
     start: int
     end: int  # exclusive
     word: str
@@ -113,7 +113,14 @@ class SensitiveMatcher:
             elif nw not in allow:
                 kept.add(nw)
         self.words = frozenset(kept)
-        self._auto = _build(sorted(kept))
+        self._auto = None
+        if kept:
+            # Per-word facts are computed once here, not per hit.
+            self._auto = ahocorasick.Automaton()
+            for w in sorted(kept):
+                self._auto.add_word(w, (w, len(w), len(w) > 1 and bool(lang_mod.HAN_RE.search(w)),
+                                        _is_ascii_alnum(w[0]), _is_ascii_alnum(w[-1])))
+            self._auto.make_automaton()
         self._allow_auto = _build(sorted(allow))
 
     @classmethod
@@ -125,29 +132,33 @@ class SensitiveMatcher:
         if self._auto is None or not text:
             return []
         low = _lower_same_length(text)
-        cands = [(end + 1 - len(w), end + 1, w) for end, w in self._auto.iter(low)]
-        if not cands:
+        it = self._auto.iter(low)
+        first = next(it, None)
+        if first is None:
             return []
         protected: list[tuple[int, int]] = []
         if self._allow_auto is not None:
             protected = [(e + 1 - len(w), e + 1) for e, w in self._allow_auto.iter(low)]
-        bounds: tuple[set[int], set[int]] | None = None
+        bounds: tuple[frozenset[int], frozenset[int]] | None = None
+        n = len(low)
+        check_en = self.en_boundaries
+        check_zh = self.zh_boundaries
         out = []
-        for s, e, w in cands:
-            if self.en_boundaries and (
-                    (_is_ascii_alnum(w[0]) and s > 0 and _is_ascii_alnum(low[s - 1]))
-                    or (_is_ascii_alnum(w[-1]) and e < len(low) and _is_ascii_alnum(low[e]))):
+        for end, (w, wl, han_multi, alnum_start, alnum_end) in itertools.chain((first,), it):
+            e = end + 1
+            s = e - wl
+            if check_en and ((alnum_start and s > 0 and _is_ascii_alnum(low[s - 1]))
+                             or (alnum_end and e < n and _is_ascii_alnum(low[e]))):
                 continue
-            if any(ps <= s and e <= pe for ps, pe in protected):
+            if protected and any(ps <= s and e <= pe for ps, pe in protected):
                 continue
-            if self.zh_boundaries and len(w) > 1 and lang_mod.HAN_RE.search(w):
+            if check_zh and han_multi:
                 if bounds is None:
-                    spans = lang_mod.token_spans(text)
-                    bounds = ({a for a, _ in spans}, {b for _, b in spans})
+                    bounds = lang_mod.token_boundaries(text)
                 if s not in bounds[0] or e not in bounds[1]:
                     continue
             out.append(Match(s, e, w))
-        out.sort(key=lambda m: (m.start, m.end))
+        out.sort()
         return out
 
     def mask(self, text: str, matches: Sequence[Match]) -> str:

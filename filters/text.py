@@ -113,14 +113,13 @@ _SEP = r"[\s\-–—|:：·•,，、。.!！>»/\\()（）\[\]【】]*"
 _WORDLIKE_RE = re.compile(r"[^\W_]")
 _HASHTAGS_RE = re.compile(r"^(?:#[^\s#]+#?\s*)+$")
 _IMG_EXT = r"(?:jpe?g|jfif|png|gif|webp|bmp|tiff?|heic|heif|svg|avif|ico)"
-_FILENAME_RES = (
-    re.compile(rf"^[\w\-.()\[\]~+=@,' ]{{0,200}}\.{_IMG_EXT}$", re.IGNORECASE),
-    re.compile(r"^(?:img|dsc[nf]?|dcim|pict?|pxl|mvimg|wp|vid|photo|image|screenshot|screen ?shot"
-               r"|snapshot|scan|sam|gopr|dji|p)[\s_\-]?\d[\d_\-\s.]*$", re.IGNORECASE),
-    re.compile(r"^\d{3,}$"),
-    re.compile(r"^[0-9a-f]{16,}$|^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
-               re.IGNORECASE),
-)
+_FILENAME_RE = re.compile(
+    rf"^[\w\-.()\[\]~+=@,' ]{{0,200}}\.{_IMG_EXT}$"
+    r"|^(?:img|dsc[nf]?|dcim|pict?|pxl|mvimg|wp|vid|photo|image|screenshot|screen ?shot"
+    r"|snapshot|scan|sam|gopr|dji|p)[\s_\-]?\d[\d_\-\s.]*$"
+    r"|^\d{3,}$"
+    r"|^[0-9a-f]{16,}$|^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+    re.IGNORECASE)
 
 
 def decode_caption(raw: str | bytes | None) -> tuple[str, bool]:
@@ -156,22 +155,22 @@ def normalize_text(text: str) -> str:
 
 def is_filename(text: str) -> bool:
     t = text.strip()
-    return bool(t) and any(r.match(t) for r in _FILENAME_RES)
+    return bool(t) and len(t) <= 220 and _FILENAME_RE.match(t) is not None
 
 
 def is_hashtag_only(text: str) -> bool:
     return bool(_HASHTAGS_RE.match(text.strip()))
 
 
-def repetition_ratio(tokens: Sequence[str], han_text: str = "") -> float:
+def repetition_ratio(tokens: Sequence[str], han: int = 0, han_unique: int = 0) -> float:
     """Share of repeated units: 1 - unique/total over word tokens, and over Han characters for
-    captions of 6+ Han characters (so 哈哈哈哈哈哈, one jieba token, still scores high); the max."""
+    captions of 6+ Han characters (so 哈哈哈哈哈哈, one jieba token, still scores high; 0.25 is
+    subtracted there because ordinary Chinese repeats characters such as 的); the max."""
     r = 0.0
     if len(tokens) >= 2:
-        lowered = [t.lower() for t in tokens]
-        r = 1.0 - len(set(lowered)) / len(lowered)
-    if len(han_text) >= 6:
-        r = max(r, 1.0 - len(set(han_text)) / len(han_text) - 0.25)
+        r = 1.0 - len(set(map(str.lower, tokens))) / len(tokens)
+    if han >= 6:
+        r = max(r, 1.0 - han_unique / han - 0.25)
     return round(max(r, 0.0), 4)
 
 
@@ -185,6 +184,16 @@ class CaptionCleaner:
         self.config = cfg = config or TextConfig()
         self.boilerplate = Boilerplate.load(cfg.boilerplate_path)
         self._bp_re = self._compile_boilerplate(self.boilerplate.embedded)
+        # The removal regex has to try every position (it starts with optional separators), so
+        # an Aho-Corasick scan decides first whether any phrase occurs at all.
+        self._bp_auto = None
+        if self.boilerplate.embedded:
+            import ahocorasick
+
+            self._bp_auto = ahocorasick.Automaton()
+            for p_ in {p.lower() for p in self.boilerplate.embedded}:
+                self._bp_auto.add_word(p_, p_)
+            self._bp_auto.make_automaton()
         self._t2s = None
         if cfg.t2s:
             import opencc
@@ -222,7 +231,10 @@ class CaptionCleaner:
         return re.compile(f"{_SEP}(?:{'|'.join(alts)}){_SEP}", re.IGNORECASE)
 
     def _remove_boilerplate(self, text: str) -> tuple[str, int]:
-        if self._bp_re is None:
+        if self._bp_re is None or self._bp_auto is None:
+            return text, 0
+        low = text.lower()
+        if next(self._bp_auto.iter(low), None) is None:
             return text, 0
         out, n = self._bp_re.subn(" ", text)
         return (out.strip(), n) if n else (text, 0)
@@ -258,7 +270,6 @@ class CaptionCleaner:
         counts = lang_mod.script_counts(text)
         lang = lang_mod.language_of_counts(counts)
         toks = lang_mod.words(text, "zh" if counts.han else "en")
-        han_text = "".join(lang_mod.HAN_RE.findall(text)) if counts.han >= 6 else ""
         row: dict[str, Any] = {
             "caption": text,
             "text_decode_replaced": replaced,
@@ -266,12 +277,12 @@ class CaptionCleaner:
             "text_boilerplate_removed": removed,
             "text_uninformative": uninformative,
             "text_is_filename": is_filename(text),
-            "text_hashtag_only": is_hashtag_only(text),
+            "text_hashtag_only": "#" in text and is_hashtag_only(text),
             "text_lang": lang,
             "text_chars": len(text),
             "text_words": len(toks),
             "text_zh_chars": counts.han,
-            "text_repetition": repetition_ratio(toks, han_text),
+            "text_repetition": repetition_ratio(toks, counts.han, counts.han_unique),
             "sensitive_hits": len(hits),
             "sensitive_words": hits,
         }
