@@ -101,3 +101,10 @@ def test_batch_and_unknown_type():
     assert cols["text"] == ["<手机号> ok", "nothing here"] and cols["pii_phone"] == [1, 0]
     with pytest.raises(ValueError, match="unknown PII"):
         PiiRedactor(types=["ssn"])
+
+
+def test_prefixed_mobile_is_not_a_card():
+    # 8615316559241 passes Luhn; it is still a phone number.
+    assert luhn_ok("8615316559241")
+    assert R.redact("tel: +8615316559241", "en") == ("tel: <PHONE>", {"phone": 1})
+    assert _zh("微信同号008615316559241")[1] == {"phone": 1}
