@@ -156,7 +156,8 @@ def _loop(cfg_json: str, data, out: str, steps: int | None, epochs: float | None
         if p.requires_grad:
             (no_decay if p.ndim < 2 or name == "temp" else decay).append(p)
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=t.lr)
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=t.lr,
+                                  fused=True)  # the per-tensor CPU default costs ~10% of a tiny step
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(t.warmup_steps, total, t.min_lr_ratio))
     step = C.load_training(out_dir, model, optimizer, scheduler, rank) if resuming else 0
