@@ -17,7 +17,7 @@ union-find merge of the groups; scipy's connected_components does it in C.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -154,6 +154,37 @@ def phash_edges(hashes: np.ndarray, max_distance: int = DEFAULT_MAX_DISTANCE,
     return np.concatenate(src).astype(np.int64), np.concatenate(dst).astype(np.int64)
 
 
+# Identical-hash buckets up to this size get every pair checked; larger ones are joined to their
+# first row only (a bucket that large is a degenerate hash, e.g. blank images).
+_FULL_PAIRS_MAX = 64
+
+
+def _phash_row_pairs(h: np.ndarray, idx: np.ndarray, k: int, all_pairs: bool
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Row pairs whose hashes are within k: identical hashes (star, or every pair in small
+    buckets when a verifier will look at them) plus the leaders of close distinct hashes."""
+    if not len(idx):
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    uniq, first_pos, inv = np.unique(h[idx], return_index=True, return_inverse=True)
+    leader = idx[first_pos]
+    src, dst = [], []
+    same = leader[inv] != idx
+    src.append(idx[same])
+    dst.append(leader[inv][same])
+    if all_pairs:
+        sizes = np.bincount(inv)
+        for g in np.flatnonzero((sizes > 2) & (sizes <= _FULL_PAIRS_MAX)):
+            m = idx[inv == g]
+            i, j = np.triu_indices(len(m), 1)
+            keep = i > 0  # pairs with the leader (i == 0) are already in the star
+            src.append(m[i[keep]])
+            dst.append(m[j[keep]])
+    a, b = phash_edges(uniq, k)
+    src.append(leader[a])
+    dst.append(leader[b])
+    return np.concatenate(src).astype(np.int64), np.concatenate(dst).astype(np.int64)
+
+
 def _check_len(name: str, col: Any, n: int) -> None:
     if len(col) != n:
         raise ValueError(f"dedup column {name!r} has {len(col)} rows, uids has {n}: columns must be row-aligned")
@@ -175,7 +206,8 @@ def _representatives(n: int, rows: np.ndarray, cols: np.ndarray, uids: np.ndarra
 
 def dup_of(uids: Any, *, area: Any = None, keys: Mapping[str, Any] | None = None,
            phash: Any = None, phash_valid: Any = None,
-           max_distance: int | None = DEFAULT_MAX_DISTANCE) -> np.ndarray:
+           max_distance: int | None = DEFAULT_MAX_DISTANCE,
+           phash_verify: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """Representative uid for every row (int64; a representative or unique row has its own uid).
 
     uids: unique int64 per row. area: width*height per row (None/NaN -> 0) to pick the largest.
@@ -183,6 +215,9 @@ def dup_of(uids: Any, *, area: Any = None, keys: Mapping[str, Any] | None = None
       "caption_sha256": pair_codes(...)}; missing values (None, '', -1 codes) never match.
     phash: uint64 array (see hashing.phash_to_uint64) or hex strings; phash_valid marks rows that
       have one. max_distance: pHash Hamming threshold k (None: skip near-dup images).
+    phash_verify: optional second check on candidate row pairs (arrays of row indices) returning
+      a bool mask; pHash is luma-only and degenerate on low-detail images, so a colour check
+      keeps a yellow star from matching a white circle at the same place.
     All groupings are merged (union-find): a row that is a URL duplicate of A and a pHash
     near-duplicate of B puts A and B in one group.
     """
@@ -206,16 +241,12 @@ def dup_of(uids: Any, *, area: Any = None, keys: Mapping[str, Any] | None = None
     if phash is not None and max_distance is not None:
         _check_len("phash", phash, n)
         h, valid = _as_hashes(phash, phash_valid)
-        idx = np.flatnonzero(valid)
-        uniq, first_pos, inv = np.unique(h[idx], return_index=True, return_inverse=True)
-        leader = idx[first_pos]
-        # Identical hashes: star to the first row of that hash.
-        same = leader[inv] != idx
-        rows.append(idx[same])
-        cols.append(leader[inv][same])
-        a, b = phash_edges(uniq, max_distance)
-        rows.append(leader[a])
-        cols.append(leader[b])
+        a, b = _phash_row_pairs(h, np.flatnonzero(valid), max_distance, phash_verify is not None)
+        if phash_verify is not None and len(a):
+            ok = np.asarray(phash_verify(a, b), dtype=bool)
+            a, b = a[ok], b[ok]
+        rows.append(a)
+        cols.append(b)
     r = np.concatenate(rows) if rows else np.empty(0, np.int64)
     c = np.concatenate(cols) if cols else np.empty(0, np.int64)
     if n == 0:

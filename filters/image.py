@@ -24,8 +24,9 @@ _PHASH_REDUCE_TO = 64
 
 IMAGE_COLUMNS: tuple[str, ...] = (
     "decode_ok", "decode_error", "image_format", "image_mode", "width", "height", "short_side",
-    "aspect_ratio", "byte_size", "exif_rotated", "is_animated", "sha256", "phash",
+    "aspect_ratio", "byte_size", "exif_rotated", "is_animated", "sha256", "phash", "color_sig",
 )
+SIG_GRID = 4  # color_sig: mean RGB over a 4x4 grid, 48 bytes
 
 # We enforce our own `max_pixels` from the header, so PIL's warning for images between its
 # limit and twice its limit is noise here (images above 2x still raise DecompressionBombError,
@@ -80,6 +81,28 @@ def _phash(im: Image.Image, orientation: int) -> str:
         # Converting a palette image with transparency straight to L makes PIL warn per image.
         small = small.convert("RGBA")
     return phash_hex(_transpose(small, orientation))
+
+
+def _color_signature(data: bytes, im: Image.Image, orientation: int) -> bytes:
+    """Mean colour over a 4x4 grid (48 bytes): the colour layout pHash (luma only) cannot see.
+    JPEGs were decoded to grey for pHash, so their colour comes from a 1/8-scale draft decode,
+    which costs a small fraction of the full decode."""
+    if im.format == "JPEG" and im.mode == "L":
+        with Image.open(io.BytesIO(data)) as small:
+            small.draft("RGB", (max(1, small.size[0] // 8), max(1, small.size[1] // 8)))
+            rgb = small.convert("RGB")
+    else:
+        rgb = _to_8bit(im)
+        rgb = rgb.convert("RGBA").convert("RGB") if rgb.mode in ("P", "PA", "LA") else rgb.convert("RGB")
+    rgb = _transpose(rgb, orientation)
+    return rgb.resize((SIG_GRID, SIG_GRID), Image.Resampling.BOX).tobytes()
+
+
+def color_distance(a: bytes | None, b: bytes | None) -> float:
+    """Mean absolute difference (0-255) between two colour signatures; inf if either is missing."""
+    if not a or not b or len(a) != len(b):
+        return float("inf")
+    return float(np.abs(np.frombuffer(a, np.uint8).astype(np.int16) - np.frombuffer(b, np.uint8)).mean())
 
 
 def _dct_matrix(n: int, keep: int) -> np.ndarray:
@@ -143,6 +166,7 @@ def inspect_image(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> d
         "width": None, "height": None, "short_side": None, "aspect_ratio": None,
         "byte_size": len(data) if data else 0, "exif_rotated": False, "is_animated": False,
         "sha256": hashlib.sha256(data).hexdigest() if data else None, "phash": None,
+        "color_sig": None,
     }
     if not data:
         out["decode_error"] = "empty"
@@ -177,6 +201,7 @@ def inspect_image(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> d
             im.load()
             gray = im
             out["phash"] = _phash(gray, orientation)
+            out["color_sig"] = _color_signature(data, im, orientation)
             out["decode_ok"] = True
     except Exception as e:  # noqa: BLE001 - any decoder failure is a recorded reason
         out["decode_error"] = _classify_error(e, data)

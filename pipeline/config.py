@@ -37,10 +37,28 @@ class DownloadConfig(Strict):
     user_agent_token: str | None = "mmcurate"
     # Respect X-Robots-Tag noai/noimageai directives like img2dataset does by default.
     respect_robots_headers: bool = True
+    # SSRF guard: URLs (and redirects) that reach these non-public address categories are
+    # refused with reason blocked_address unless listed here; `[loopback]` serves a local corpus.
+    allow_private: list[Literal["metadata", "loopback", "link_local", "private", "multicast",
+                                "unspecified", "reserved"]] = []
+    max_redirects: int = Field(5, ge=0, description="redirects followed per URL (reason too_many_redirects)")
+    max_image_bytes: int | None = Field(50_000_000, gt=0, description="larger bodies fail with too_large")
+    resolve_threads: int = Field(16, ge=1, description="concurrent DNS look-ups in the pre-download check")
 
 
 class AnnotateConfig(Strict):
     max_pixels: int = Field(89_478_485, gt=0, description="decompression-bomb limit")
+    # Caption cleaning (filters/text.py); the cleaned caption is `caption_clean`.
+    boilerplate: str | None = Field(None, description="boilerplate list file; None: the shipped list")
+    traditional_to_simplified: bool = True
+    redact_pii: bool = True
+    redact_names: bool = False  # opt-in: name rules do not reach 0.95 precision (README)
+    sensitive_lexicon: str | None = Field(None, description="one word per line; None: the shipped "
+                                          "small default; '' disables")
+    sensitive_action: Literal["mask", "reject", "tag"] = "mask"
+    sensitive_min_len: int = Field(2, ge=1)
+    sensitive_allowlist: list[str] = []
+    sensitive_zh_boundaries: bool = True
 
 
 class SelectConfig(Strict):
@@ -51,6 +69,41 @@ class SelectConfig(Strict):
     min_height: int = Field(0, ge=0)
     max_aspect_ratio: float = Field(3.0, ge=1.0)
     max_bytes: int | None = Field(None, gt=0)
+    # Caption rules (stats from annotate). DataComp's English rule: > 2 words and > 5 chars.
+    languages: list[str] = ["zh", "en"]
+    min_en_words: int = Field(3, ge=0)
+    min_en_chars: int = Field(6, ge=0)
+    max_en_words: int = Field(128, ge=1)
+    min_zh_words: int = Field(1, ge=0)
+    max_zh_words: int = Field(128, ge=1)
+    max_repetition: float = Field(0.6, ge=0, le=1)
+    reject_filenames: bool = True
+    reject_hashtag_only: bool = True
+    reject_uninformative: bool = True
+    # Duplicates (needs the dedup stage): rows whose dup_of names another row.
+    reject_duplicates: bool = True
+    # CLIP score (needs the score stage). A number applies to every language; a mapping sets it
+    # per caption language with "*" as the fallback, e.g. {en: 0.28, zh: 0.25, "*": 0.25}.
+    min_clip_score: float | dict[str, float] | None = None
+    # Keep the top fraction by CLIP score within each language, computed over the whole run
+    # (DataComp's best single filter kept the top 30%). Same number-or-mapping form.
+    keep_top_fraction: float | dict[str, float] | None = None
+    # Upper cut: captions that merely repeat text rendered in the image score suspiciously high.
+    max_clip_score: float | None = None
+
+    @field_validator("keep_top_fraction")
+    @classmethod
+    def _fraction(cls, v):
+        vals = v.values() if isinstance(v, dict) else [] if v is None else [v]
+        if any(not 0 < x <= 1 for x in vals):
+            raise ValueError("keep_top_fraction must be in (0, 1]")
+        return v
+
+    def per_lang(self, name: str, lang: str | None) -> float | None:
+        v = getattr(self, name)
+        if not isinstance(v, dict):
+            return v
+        return v.get(lang or "*", v.get("*"))
 
 
 class ExportConfig(Strict):
@@ -59,16 +112,25 @@ class ExportConfig(Strict):
     jpeg_quality: int = Field(95, ge=1, le=100, description="re-encode quality for non-JPEG images")
 
 
+# Sections of model stages are validated by the stage's own config class (imported only when the
+# stage is in the recipe, so a rules-only recipe never imports torch).
+MODEL_STAGE_CONFIGS = {"score": "stages.score:ScoreConfig", "capfilt": "stages.capfilt:CapfiltConfig",
+                       "dedup": "stages.dedup:DedupConfig"}
+
+
 class Recipe(Strict):
     input: InputConfig
     workdir: str
-    stages: list[str] = ["download", "annotate", "select", "export"]
+    stages: list[str] = ["download", "annotate", "dedup", "select", "export"]
     shard_size: int = Field(10_000, ge=1, description="input rows per shard (unit of work and resume)")
     executor: Literal["ray", "local"] = "ray"
     ray_address: str | None = None
     seed: int = 0
     download: DownloadConfig = DownloadConfig()
     annotate: AnnotateConfig = AnnotateConfig()
+    score: Any = None
+    dedup: Any = None
+    capfilt: Any = None
     select: SelectConfig = SelectConfig()
     export: ExportConfig = ExportConfig()
 
@@ -105,6 +167,24 @@ def _format_errors(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def _validate_model_sections(recipe: Recipe, data: dict, source: str) -> None:
+    import importlib
+
+    for name, target in MODEL_STAGE_CONFIGS.items():
+        raw = data.get(name)
+        if name not in recipe.stages:
+            continue
+        mod, cls_name = target.split(":")
+        cls = getattr(importlib.import_module(mod), cls_name)
+        if raw is not None and not isinstance(raw, dict):
+            raise RecipeError(f"invalid recipe {source}:\n  - {name}: expected a mapping of settings")
+        try:
+            setattr(recipe, name, cls.model_validate(raw or {}))
+        except ValidationError as e:
+            msg = _format_errors(e, source).replace("\n  - ", f"\n  - {name}.")
+            raise RecipeError(msg) from None
+
+
 def recipe_from_dict(data: Any, source: str = "<dict>", base_dir: Path | None = None) -> Recipe:
     if not isinstance(data, dict):
         raise RecipeError(f"invalid recipe {source}: expected a mapping of keys, got {type(data).__name__}")
@@ -112,6 +192,7 @@ def recipe_from_dict(data: Any, source: str = "<dict>", base_dir: Path | None = 
         recipe = Recipe.model_validate(data)
     except ValidationError as e:
         raise RecipeError(_format_errors(e, source)) from None
+    _validate_model_sections(recipe, data, source)
     if base_dir is not None:  # relative paths in a recipe are relative to the recipe file
         if "://" not in recipe.input.path and not Path(recipe.input.path).is_absolute():
             recipe.input.path = str((base_dir / recipe.input.path).resolve())

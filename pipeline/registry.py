@@ -11,6 +11,9 @@ from pipeline.stage import RunContext, Stage
 STAGES: dict[str, str] = {
     "download": "stages.download:DownloadStage",
     "annotate": "stages.annotate:AnnotateStage",
+    "score": "stages.score:ScoreStage",
+    "dedup": "stages.dedup:DedupStage",
+    "capfilt": "stages.capfilt:CapfiltStage",
     "select": "stages.select:SelectStage",
     "export": "stages.export:ExportStage",
 }

@@ -26,7 +26,9 @@ def _fingerprint(recipe: Recipe, stages: list[str]) -> dict[str, str]:
     out, prev = {}, json.dumps(recipe.input.model_dump(), sort_keys=True) + str(recipe.shard_size)
     for name in stages:
         cfg = stage_config(recipe, name)
-        blob = prev + name + json.dumps(cfg.model_dump() if cfg is not None else None, sort_keys=True)
+        # Only non-default settings count, so a release that adds an option does not redo work.
+        dumped = cfg.model_dump(mode="json", exclude_defaults=True) if cfg is not None else None
+        blob = prev + name + json.dumps(dumped, sort_keys=True)
         prev = hashlib.sha256(blob.encode()).hexdigest()[:16]
         out[name] = prev
     return out
@@ -38,7 +40,13 @@ def _invalidate_stale(workdir: Path, stages: list[str], fps: dict[str, str], for
         d = workdir / name
         marker = d / FINGERPRINT
         recorded = json.loads(marker.read_text())["fingerprint"] if marker.exists() else None
-        if d.exists() and (stale or name in forced or (recorded is not None and recorded != fps[name])):
+        changed = recorded is not None and recorded != fps[name]
+        if name == "download" and changed and name not in forced:
+            # Downloads are the one step that cannot be recomputed exactly (the web changes).
+            log.warning("download settings changed since these images were fetched; keeping them "
+                        "(use --redo download to fetch again)")
+            changed = False
+        if d.exists() and (stale or name in forced or changed):
             log.info("stage %s: settings changed or redo asked; its outputs will be recomputed", name)
             shutil.rmtree(d)
             stale = True

@@ -74,7 +74,9 @@ def _emb_type(dim: int) -> pa.DataType:
 
 class ScoreStage(Stage):
     name = "score"
-    needs = ("image", "caption_clean", "lang", "decode_ok")
+    needs = ("image",)
+    # caption_clean comes from annotate when it ran; the raw caption is the fallback.
+    optional = ("caption_clean", "caption", "lang", "decode_ok")
     provides = ("clip_score", "clip_model", "clip_error", "img_emb", "txt_emb")
 
     def __init__(self, config: ScoreConfig | dict | None, run: Any = None):
@@ -96,10 +98,6 @@ class ScoreStage(Stage):
         if self._uses_cuda():
             return Resources(cpus=self.cfg.cpus, gpus=self.cfg.gpus, batch_size=self.cfg.rows_per_call)
         return Resources(cpus=1.0, gpus=0.0, batch_size=self.cfg.rows_per_call)
-
-    def needed_columns(self) -> tuple[str, ...]:
-        # caption_clean may be absent (no annotate stage); the executor supplies what exists.
-        return ("image", "caption_clean", "caption", "lang", "decode_ok")
 
     def setup(self, state: Any = None) -> None:
         loaded: dict[str, ClipBackend] = {}

@@ -37,8 +37,10 @@ def corpus(tmp_path_factory) -> Path:
 
 def recipe_dict(corpus: Path, workdir: Path, **over) -> dict:
     d = {"input": {"path": str(corpus / "urls.parquet")}, "workdir": str(workdir), "shard_size": 40,
-         "executor": "local", "stages": ["download", "annotate", "select", "export"],
-         "download": {"processes": 1, "threads": 32, "timeout": DOWNLOAD_TIMEOUT}}
+         "executor": "local", "stages": ["download", "annotate", "dedup", "select", "export"],
+         "download": {"processes": 1, "threads": 32, "timeout": DOWNLOAD_TIMEOUT,
+                      # the corpus is served on loopback, which the SSRF guard refuses by default
+                      "allow_private": ["loopback"]}}
     d.update(over)
     return d
 

@@ -106,9 +106,9 @@ def test_changed_threshold_reruns_select_only(local_run, corpus, tmp_path):
 def test_ray_executor_matches_local(local_run, corpus, tmp_path):
     wd, _ = local_run
     copy = tmp_path / "wd"
-    shutil.copytree(wd, copy, ignore=shutil.ignore_patterns("annotate", "select", "export"))
+    shutil.copytree(wd, copy, ignore=shutil.ignore_patterns("annotate", "dedup", "select", "export"))
     run(recipe_from_dict(recipe_dict(corpus, copy, executor="ray")), quiet=True)
-    for stage in ("annotate", "select", "export"):
+    for stage in ("annotate", "dedup", "select", "export"):
         for f in sorted((wd / stage).glob("*.parquet")):
             assert pq.read_table(copy / stage / f.name).equals(pq.read_table(f)), f"{stage}/{f.name}"
     assert manifest(copy).equals(manifest(wd))

@@ -1,0 +1,151 @@
+"""dedup: the one global step. Groups exact duplicates (URL, image sha256, normalised caption,
+(caption, image) pair), near-duplicate images (pHash Hamming distance <= k, through a
+multi-index, never all pairs) and, when the score stage ran, semantic duplicates (image
+embedding cosine >= tau, faiss). It writes `dup_of` (the representative's uid; a row that is kept
+names itself) and `dup_reason`; it deletes nothing, select decides.
+
+Scale: `prepare` reads only narrow stat columns (int64 codes, 64-bit hashes, sizes), never image
+bytes; at 10M rows that is a few hundred MB. Because uids are row positions, the result is two
+arrays indexed by uid that every worker looks rows up in.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+from filters.dedup import dup_of, pair_codes
+from filters.hashing import phash_to_uint64
+from filters.image import color_distance
+from pipeline.stage import Resources, Stage
+
+KEYS = ("url", "sha256", "caption", "caption_image")
+
+
+class DedupConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Exact keys, in the order their reason is reported.
+    exact: list[Literal["url", "sha256", "caption", "caption_image"]] = ["url", "sha256", "caption_image"]
+    # pHash Hamming distance for near-duplicate images (None: off).
+    phash_max_distance: int | None = Field(4, ge=0, le=16)
+    # Second check on pHash candidates: mean absolute difference (0-255) of the 4x4 colour
+    # signatures. pHash is luma-only and collides on low-detail images (None: no check).
+    color_max_distance: float | None = Field(12.0, ge=0, le=255)
+    # Image-embedding cosine for semantic duplicates (needs score; None: off).
+    semantic_threshold: float | None = Field(0.94, ge=-1, le=1)
+    semantic_index: Literal["auto", "flat", "ivf", "clustered"] = "auto"
+
+
+def _codes(values: list) -> np.ndarray:
+    import pandas as pd
+
+    codes, _ = pd.factorize(np.asarray(values, dtype=object), use_na_sentinel=True)
+    return codes.astype(np.int64)
+
+
+def compute_dups(t: pa.Table, cfg: DedupConfig) -> tuple[np.ndarray, list[str | None]]:
+    """(dup_of, reason) for the rows of `t`, which holds uid and whatever stats exist."""
+    uids = t.column("uid").to_numpy()
+    n = len(uids)
+    cols = t.column_names
+    ok = np.array([bool(v) for v in t.column("decode_ok").to_pylist()]) if "decode_ok" in cols else np.ones(n, bool)
+    w = np.nan_to_num(np.array(t.column("width").to_pylist(), dtype=float)) if "width" in cols else np.zeros(n)
+    h = np.nan_to_num(np.array(t.column("height").to_pylist(), dtype=float)) if "height" in cols else np.zeros(n)
+    # Usable rows win over failed ones, then the largest image, then the smallest uid.
+    area = np.where(ok, w * h + 1, 0)
+    sha = _codes([s if o else None for s, o in zip(t.column("sha256").to_pylist(), ok)]) \
+        if "sha256" in cols else None
+    # Factorised codes (not the raw 63-bit keys) so the (caption, image) pair code cannot overflow.
+    cap = _codes(t.column("caption_key").to_pylist()) if "caption_key" in cols else None
+    available = {"url": _codes(t.column("url").to_pylist()), "sha256": sha, "caption": cap,
+                 "caption_image": pair_codes(cap, sha) if cap is not None and sha is not None else None}
+    keys = {k: available[k] for k in cfg.exact if available.get(k) is not None}
+    phash = valid = None
+    if cfg.phash_max_distance is not None and "phash" in cols:
+        phash, valid = phash_to_uint64(t.column("phash").to_pylist())
+        valid &= ok
+    verify = None
+    if phash is not None and cfg.color_max_distance is not None and "color_sig" in cols:
+        sigs = t.column("color_sig").to_pylist()
+        verify = lambda a, b: np.array([color_distance(sigs[i], sigs[j]) <= cfg.color_max_distance
+                                        for i, j in zip(a, b)], bool)
+    reps = dup_of(uids, area=area, keys=keys, phash=phash, phash_valid=valid,
+                  max_distance=cfg.phash_max_distance, phash_verify=verify)
+    reason = _reasons(uids, reps, keys, phash, valid, cfg, area)
+    if cfg.semantic_threshold is not None and "img_emb" in cols:
+        reps, reason = _semantic(t, uids, reps, reason, cfg)
+    return reps, reason
+
+
+def _reasons(uids, reps, keys, phash, valid, cfg, area) -> list[str | None]:
+    """Name each non-representative by the first key under which it equals another row."""
+    out: list[str | None] = [None] * len(uids)
+    todo = reps != uids
+    for name, codes in keys.items():
+        if not todo.any():
+            break
+        single = dup_of(uids, area=area, keys={name: codes}, max_distance=None)
+        hit = todo & ((single != uids) | np.isin(uids, single[single != uids]))
+        hit &= np.isin(reps, reps[single != uids]) | (single != uids)
+        for i in np.flatnonzero(hit):
+            out[i] = f"dup_{name}"
+        todo &= ~hit
+    for i in np.flatnonzero(todo):
+        out[i] = "dup_phash"
+    return out
+
+
+def _semantic(t, uids, reps, reason, cfg):
+    from filters.semdedup import semantic_dup_of
+
+    emb_col = t.column("img_emb")
+    keep = np.flatnonzero((reps == uids) & np.array([v is not None for v in emb_col.to_pylist()]))
+    if len(keep) < 2:
+        return reps, reason
+    emb = np.stack([np.asarray(emb_col[int(i)].as_py(), np.float32) for i in keep])
+    prio = np.array([np.nan if v is None else v for v in t.column("clip_score").to_pylist()], float)[keep] \
+        if "clip_score" in t.column_names else None
+    groups = np.array(t.column("clip_model").to_pylist(), dtype=object)[keep] \
+        if "clip_model" in t.column_names else None
+    sem = semantic_dup_of(emb, uids[keep], threshold=cfg.semantic_threshold, priority=prio,
+                          index=cfg.semantic_index, groups=groups)
+    pos = {int(u): i for i, u in enumerate(uids)}
+    reps = reps.copy()
+    for u, r in zip(uids[keep], sem):
+        if r != u:
+            reps[pos[int(u)]] = r
+            reason[pos[int(u)]] = "dup_semantic"
+    # Rows that pointed at a representative that just became a semantic duplicate follow it.
+    reps = np.array([reps[pos[int(r)]] if reps[pos[int(r)]] != r else r for r in reps], np.int64)
+    return reps, reason
+
+
+class DedupStage(Stage):
+    name = "dedup"
+    provides = ("dup_of", "dup_reason")
+
+    def resources(self) -> Resources:
+        return Resources(cpus=1, batch_size=65536)
+
+    def prepare(self, store) -> dict:
+        avail = store.column_sources("dedup")
+        wanted = ["url", "decode_ok", "width", "height", "sha256", "caption_key", "phash", "color_sig",
+                  "img_emb", "clip_score", "clip_model"]
+        if self.config.semantic_threshold is None:
+            wanted = wanted[:-3]
+        t = store.read_all([c for c in wanted if c in avail])
+        reps, reason = compute_dups(t, self.config)
+        uids = t.column("uid").to_numpy()
+        order = np.argsort(uids)
+        return {"dup_of": reps[order], "reason": [reason[i] for i in order], "first": int(uids[order][0])}
+
+    def setup(self, state) -> None:
+        self.state = state
+
+    def process(self, batch: pa.Table) -> pa.Table:
+        idx = batch.column("uid").to_numpy() - self.state["first"]
+        return pa.table({"dup_of": pa.array(self.state["dup_of"][idx], pa.int64()),
+                         "dup_reason": pa.array([self.state["reason"][i] for i in idx], pa.string())})
