@@ -1,0 +1,346 @@
+"""capfilt: BLIP's captioner + filter, per sample.
+
+For every decodable image, a captioner writes `n_captions` synthetic captions (nucleus sampling
+with `top_p`, BLIP's 0.9; or the n best of beam search with `beam`). A filter scores the web
+caption and each synthetic one. The recipe rules then decide what the sample keeps:
+
+* the web caption, if its score >= `web_threshold` (BLIP's 0.5 for an ITM head);
+* up to `max_synthetic` synthetic captions whose score >= `synth_threshold`, best first
+  (duplicates and copies of the web caption are dropped before scoring);
+* `capfilt_pass` is False when no caption survives; `select` turns that into reason `capfilt`.
+
+The primary caption (first in `captions`) is the kept web caption, or the best synthetic one
+when the web caption failed (`primary: best` puts the highest-scoring kept caption first).
+
+Languages. The captioner is configured per caption language (`captioner: {en: ..., zh: ...}`,
+"*" for the rest, or one spec for all), and so may the filter be. A row's language is its `lang`
+column, else it is detected from the caption's script. When the row's captioner does not write
+the row's language (e.g. an English-only BLIP on a zh row), `on_language_mismatch` decides:
+
+* `web_only` (default): no synthetic captions; only the web caption is filtered, so the row
+  keeps it or fails capfilt on the filter's word.
+* `skip`: leave the row untouched: every output is null and `capfilt_status` says
+  `skipped_language`, so select does not judge the row on capfilt.
+
+With `synthetic_language: match` (default) a synthetic caption written in another language
+than the row's (a bilingual decoder may switch) stays in `capfilt_candidates` with a null score
+and is never kept.
+
+Columns (one row per input row): `captions` (list<struct<text, origin, score>> of the kept
+captions, primary first; null when not evaluated), `capfilt_pass` (bool; null when not
+evaluated: no image, decode failure, skipped language, no filter for the language),
+`capfilt_web_score` (float; null when the web caption is empty or not scored),
+`capfilt_candidates` (every candidate with its score, for the before/after report) and
+`capfilt_status` (why a row was or was not evaluated: ok, web_only, filter_only,
+skipped_language, no_image, decode_error, no_filter).
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from filters.image import to_rgb
+from filters.language import detect_language
+from models.capfilt_backends import (Captioner, CaptionerSpec, CaptionFilter, FilterSpec,
+                                     load_captioner, load_filter)
+from pipeline.stage import Resources, Stage
+
+ANY_LANG = "*"
+CAPTION_STRUCT = pa.struct([("text", pa.string()), ("origin", pa.string()), ("score", pa.float32())])
+CAPTION_LIST = pa.list_(CAPTION_STRUCT)
+# Languages the script detector can tell apart; other rows are not checked for language match.
+_DETECTABLE = {"en", "zh"}
+
+
+class CapfiltConfig(BaseModel):
+    """Recipe section for `capfilt`. `captioner` and `filter` take one spec for every language
+    or a map from caption language to spec ("*" catches the rest)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    captioner: CaptionerSpec | dict[str, CaptionerSpec] | None = None
+    filter: FilterSpec | dict[str, FilterSpec]
+    n_captions: int = Field(default=5, ge=0)          # synthetic captions written per image
+    top_p: float = Field(default=0.9, gt=0, le=1)
+    beam: int | None = Field(default=None, ge=1)      # set: beam search instead of sampling
+    max_len: int = Field(default=30, ge=1)            # new tokens per synthetic caption
+    min_len: int = Field(default=3, ge=0)
+    web_threshold: float = 0.5
+    synth_threshold: float = 0.5
+    max_synthetic: int = Field(default=1, ge=0)       # synthetic captions a sample may keep
+    primary: Literal["web", "best"] = "web"
+    synthetic_language: Literal["match", "any"] = "match"
+    on_language_mismatch: Literal["web_only", "skip"] = "web_only"
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    batch_size: int = Field(default=64, ge=1)         # rows per process() and per model forward
+    decode_threads: int = Field(default=4, ge=1)
+    seed: int | None = None                           # None: the run's seed
+    gpus: float = Field(default=1.0, gt=0, le=8)      # per worker when on CUDA
+    cpus: float = Field(default=2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> "CapfiltConfig":
+        if self.n_captions and self.captioner is None:
+            raise ValueError("capfilt.n_captions > 0 needs a `captioner` (or set n_captions: 0 "
+                             "to only filter web captions)")
+        if self.beam and self.n_captions > self.beam:
+            raise ValueError(f"capfilt.n_captions={self.n_captions} cannot exceed beam={self.beam}: "
+                             "beam search returns at most `beam` captions")
+        if isinstance(self.filter, dict) and not self.filter:
+            raise ValueError("capfilt.filter is empty: give one spec, or a map with key '*'")
+        if isinstance(self.captioner, dict) and not self.captioner:
+            raise ValueError("capfilt.captioner is empty: give one spec, or a map with key '*'")
+        return self
+
+    def captioners(self) -> dict[str, CaptionerSpec]:
+        if self.captioner is None or not self.n_captions:
+            return {}
+        return self.captioner if isinstance(self.captioner, dict) else {ANY_LANG: self.captioner}
+
+    def filters(self) -> dict[str, FilterSpec]:
+        return self.filter if isinstance(self.filter, dict) else {ANY_LANG: self.filter}
+
+
+def route(lang: str | None, keys: Sequence[str]) -> str | None:
+    """Spec key for a language: exact, then base language ('zh-Hant' -> 'zh'), then '*'."""
+    if lang:
+        lang_l = str(lang).lower()
+        if lang_l in keys:
+            return lang_l
+        base = lang_l.replace("_", "-").split("-")[0]
+        if base in keys:
+            return base
+    return ANY_LANG if ANY_LANG in keys else None
+
+
+# ---- the recipe rules (pure) ---------------------------------------------------------------
+@dataclass
+class Candidate:
+    text: str
+    origin: str             # "web" | "synthetic"
+    score: float | None     # None: not scored (e.g. off-language synthetic caption)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "origin": self.origin, "score": self.score}
+
+
+def decide(candidates: Sequence[Candidate], web_threshold: float, synth_threshold: float,
+           max_synthetic: int, primary: str = "web") -> tuple[list[Candidate], bool]:
+    """Kept captions (primary first) and whether the sample passes capfilt."""
+    web = [c for c in candidates if c.origin == "web" and c.score is not None
+           and c.score >= web_threshold]
+    synth = [c for c in candidates if c.origin == "synthetic" and c.score is not None
+             and c.score >= synth_threshold]
+    # Stable sort: equal scores keep generation order, so results do not depend on hashing.
+    synth = sorted(synth, key=lambda c: -c.score)[:max_synthetic]  # type: ignore[operator]
+    kept = web[:1] + synth
+    if primary == "best" and kept:
+        kept = sorted(kept, key=lambda c: -c.score)  # type: ignore[operator]
+    return kept, bool(kept)
+
+
+def synthetic_candidates(web: str, texts: Sequence[str], row_lang: str | None,
+                         match_language: bool) -> list[Candidate]:
+    """Candidates from generated texts: stripped, de-duplicated, copies of the web caption
+    dropped; off-language ones get score None (never kept, still reported)."""
+    seen = {web.strip().lower()} if web else set()
+    out: list[Candidate] = []
+    base = (row_lang or "").lower().split("-")[0]
+    for t in texts:
+        t = (t or "").strip()
+        if not t or t.lower() in seen:
+            continue
+        seen.add(t.lower())
+        out.append(Candidate(t, "synthetic", 0.0))
+        if match_language and base in _DETECTABLE and detect_language(t) != base:
+            out[-1].score = None
+    return out
+
+
+# ---- the stage -----------------------------------------------------------------------------
+class CapfiltStage(Stage):
+    name = "capfilt"
+    needs = ("image", "caption", "decode_ok")
+    optional = ("caption_clean", "lang")
+    provides = ("captions", "capfilt_pass", "capfilt_web_score", "capfilt_candidates", "capfilt_status")
+
+    def __init__(self, config: CapfiltConfig | dict, run: Any = None):
+        if not isinstance(config, CapfiltConfig):
+            config = CapfiltConfig(**(config or {}))
+        super().__init__(config, run)
+        self.cfg: CapfiltConfig = config
+        self.captioner_specs = config.captioners()
+        self.filter_specs = config.filters()
+        self.captioners: dict[str, Captioner] = {}
+        self.filters: dict[str, CaptionFilter] = {}
+        self._pool: ThreadPoolExecutor | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def _uses_cuda(self) -> bool:
+        import torch
+
+        devs = [s.device or self.cfg.device for s in
+                [*self.captioner_specs.values(), *self.filter_specs.values()]]
+        if any(str(d).startswith("cuda") for d in devs):
+            return True
+        return any(d in (None, "", "auto") for d in devs) and torch.cuda.is_available()
+
+    def resources(self) -> Resources:
+        if self._uses_cuda():
+            return Resources(cpus=self.cfg.cpus, gpus=self.cfg.gpus, batch_size=self.cfg.batch_size)
+        return Resources(cpus=1.0, gpus=0.0, batch_size=self.cfg.batch_size)
+
+    def setup(self, state: Any = None) -> None:
+        c = self.cfg
+        kw = dict(device=c.device, precision=c.precision, batch_size=c.batch_size)
+        loaded_c: dict[str, Captioner] = {}
+        for key, spec in self.captioner_specs.items():
+            ident = spec.model_dump_json(exclude={"languages"})
+            if ident not in loaded_c:
+                loaded_c[ident] = load_captioner(spec, **kw)
+            self.captioners[key] = loaded_c[ident]
+        loaded_f: dict[str, CaptionFilter] = {}
+        for key, fspec in self.filter_specs.items():
+            ident = fspec.model_dump_json(exclude={"web_threshold", "synth_threshold"})
+            if ident not in loaded_f:
+                loaded_f[ident] = load_filter(fspec, **kw)
+            self.filters[key] = loaded_f[ident]
+        self._pool = ThreadPoolExecutor(c.decode_threads, thread_name_prefix="capfilt-decode")
+
+    def _seed(self, batch: pa.Table) -> int:
+        base = self.cfg.seed if self.cfg.seed is not None else getattr(self.run, "seed", 0) or 0
+        first = batch.column("uid")[0].as_py() if "uid" in batch.column_names and batch.num_rows else 0
+        # Tied to the rows, not the call order, so a resumed or re-sharded run samples the same.
+        return (base * 1_000_003 + int(first)) % (2 ** 63)
+
+    # ---- per batch -------------------------------------------------------------------------
+    def process(self, batch: pa.Table) -> pa.Table:
+        if not self.filters:
+            self.setup(None)
+        c = self.cfg
+        n = batch.num_rows
+        names = batch.column_names
+        if "image" not in names:
+            raise ValueError("capfilt needs an 'image' column (image bytes from download)")
+        if "caption" not in names and "caption_clean" not in names:
+            raise ValueError("capfilt needs 'caption_clean' (annotate) or 'caption' (input list)")
+        raw = batch.column("caption").to_pylist() if "caption" in names else [None] * n
+        clean = batch.column("caption_clean").to_pylist() if "caption_clean" in names else [None] * n
+        web = [(cl if cl is not None else r) or "" for cl, r in zip(clean, raw)]
+        web = [w.strip() if isinstance(w, str) else "" for w in web]
+        langs_in = batch.column("lang").to_pylist() if "lang" in names else [None] * n
+        langs = [lg or detect_language(w) for lg, w in zip(langs_in, web)]
+        dec_ok = batch.column("decode_ok").to_pylist() if "decode_ok" in names else [None] * n
+        datas = batch.column("image").to_pylist()
+
+        status: list[str] = ["ok"] * n
+        cap_key: list[str | None] = [None] * n
+        flt_key: list[str | None] = [None] * n
+        for i in range(n):
+            if not datas[i]:
+                status[i] = "no_image"
+            elif dec_ok[i] is False:
+                status[i] = "decode_error"
+        images = self._decode([datas[i] if status[i] == "ok" else None for i in range(n)])
+        for i in range(n):
+            if status[i] != "ok":
+                continue
+            if images[i] is None:
+                status[i] = "decode_error"
+                continue
+            flt_key[i] = route(langs[i], list(self.filter_specs))
+            if flt_key[i] is None:
+                status[i] = "no_filter"
+                continue
+            if not self.captioner_specs:
+                status[i] = "filter_only"
+                continue
+            key = route(langs[i], list(self.captioner_specs))
+            if key is not None and self.captioner_specs[key].writes(langs[i]):
+                cap_key[i] = key
+            elif c.on_language_mismatch == "skip":
+                status[i] = "skipped_language"
+            else:
+                status[i] = "web_only"
+
+        # Synthetic captions, one captioner at a time (a worker may hold one per language).
+        synth: list[list[str]] = [[] for _ in range(n)]
+        seed = self._seed(batch)
+        for key in dict.fromkeys(k for k in cap_key if k is not None):
+            rows = [i for i in range(n) if cap_key[i] == key]
+            texts = self.captioners[key].caption([images[i] for i in rows], n=c.n_captions,
+                                                 top_p=c.top_p, max_len=c.max_len, beam=c.beam,
+                                                 min_len=c.min_len, seed=seed)
+            for i, t in zip(rows, texts):
+                synth[i] = t
+
+        cands: list[list[Candidate] | None] = [None] * n
+        for i in range(n):
+            if status[i] in ("ok", "web_only", "filter_only"):
+                cl = [Candidate(web[i], "web", 0.0)] if web[i] else []
+                cl += synthetic_candidates(web[i], synth[i], langs[i], c.synthetic_language == "match")
+                cands[i] = cl
+
+        # Score: one image against all of its candidates, grouped by filter.
+        for key in dict.fromkeys(k for k, cl in zip(flt_key, cands) if cl is not None):
+            rows = [i for i in range(n) if flt_key[i] == key and cands[i]]
+            groups = [[cd for cd in cands[i] if cd.score is not None] for i in rows]  # type: ignore[union-attr]
+            scores = self.filters[key].score_groups([images[i] for i in rows],
+                                                    [[cd.text for cd in g] for g in groups])
+            for g, s in zip(groups, scores):
+                for cd, v in zip(g, s):
+                    cd.score = float(v)
+
+        kept_col: list[list[dict] | None] = [None] * n
+        cand_col: list[list[dict] | None] = [None] * n
+        pass_col: list[bool | None] = [None] * n
+        web_score: list[float | None] = [None] * n
+        for i in range(n):
+            cl = cands[i]
+            if cl is None:
+                continue
+            fspec = self.filter_specs[flt_key[i]]  # type: ignore[index]
+            wt = fspec.web_threshold if fspec.web_threshold is not None else c.web_threshold
+            st = fspec.synth_threshold if fspec.synth_threshold is not None else c.synth_threshold
+            kept, ok = decide(cl, wt, st, c.max_synthetic, c.primary)
+            kept_col[i] = [k.as_dict() for k in kept]
+            cand_col[i] = [k.as_dict() for k in cl]
+            pass_col[i] = ok
+            web_score[i] = next((k.score for k in cl if k.origin == "web"), None)
+        return pa.table({
+            "captions": pa.array(kept_col, CAPTION_LIST),
+            "capfilt_pass": pa.array(pass_col, pa.bool_()),
+            "capfilt_web_score": pa.array(web_score, pa.float32()),
+            "capfilt_candidates": pa.array(cand_col, CAPTION_LIST),
+            "capfilt_status": pa.array(status, pa.string()),
+        })
+
+    def _decode(self, datas: list[bytes | None]) -> list[Image.Image | None]:
+        def one(d: bytes | None) -> Image.Image | None:
+            if not d:
+                return None
+            try:
+                return to_rgb(d)
+            except ValueError:  # the row's decode_error (from annotate) says why
+                return None
+
+        if self._pool is None:
+            return [one(d) for d in datas]
+        return list(self._pool.map(one, datas))
+
+
+def capfilt_pairs(stage: CapfiltStage, images: list[bytes | None], captions: list[str],
+                  langs: list[str | None] | None = None) -> pa.Table:
+    """Run capfilt on a few pairs without building a table by hand (notebooks, benchmarks)."""
+    n = len(images)
+    t = pa.table({"uid": pa.array(range(n), pa.int64()), "image": pa.array(images, pa.binary()),
+                  "caption": pa.array(captions, pa.string()),
+                  "lang": pa.array(langs or [None] * n, pa.string())})
+    return stage.process(t)

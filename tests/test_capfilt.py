@@ -1,0 +1,381 @@
+"""capfilt: recipe rules with scripted scores, language handling, error values, and the real
+backends (tiny offline HF BLIP, the project's own ALBEF checkpoint, a tiny CLIP)."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from PIL import Image
+from pydantic import ValidationError
+
+from albef_helpers import toy_sample, toy_tokenizer, tiny_overrides
+from models.capfilt_backends import (AlbefItmFilter, BlipCaptioner, BlipItmFilter, Captioner,
+                                     CaptionFilter, ClipFilter, load_captioner, load_filter)
+from stages.capfilt import (CAPTION_LIST, Candidate, CapfiltConfig, CapfiltStage, capfilt_pairs,
+                            decide, synthetic_candidates)
+
+BLIP_WORDS = "a picture of red green blue yellow square on the left right top bottom".split()
+
+
+def _png(color=(200, 30, 30), size=(40, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# ---- stubs: scripted captions and scores -------------------------------------------------------
+class StubCaptioner(Captioner):
+    """Captions keyed by the image's top-left pixel colour; records how often it ran."""
+
+    def __init__(self, by_color: dict[tuple, list[str]]):
+        self.by_color = by_color
+        self.calls: list[int] = []
+        self.name = "stub"
+
+    def caption(self, images, n, top_p=0.9, max_len=30, beam=None, min_len=3, seed=None):
+        self.calls.append(len(images))
+        return [self.by_color[im.getpixel((0, 0))][:n] for im in images]
+
+
+class StubFilter(CaptionFilter):
+    def __init__(self, scores: dict[str, float]):
+        self.scores = scores
+        self.name = "stub"
+
+    def score_groups(self, images, texts):
+        return [np.array([self.scores[t] for t in g], np.float32) for g in texts]
+
+
+def _stage(scores, captions, **cfg) -> CapfiltStage:
+    cfg.setdefault("captioner", {"kind": "albef", "path": "/unused"})
+    cfg.setdefault("filter", {"kind": "albef", "path": "/unused"})
+    st = CapfiltStage(CapfiltConfig(**cfg), None)
+    # Inject stubs for every configured key instead of loading models.
+    st.captioners = {k: (captions[k] if isinstance(captions, dict) and k in captions else captions)
+                     for k in st.captioner_specs}
+    st.filters = {k: StubFilter(scores) for k in st.filter_specs}
+    return st
+
+
+RED, BLUE, GREEN = (200, 30, 30), (30, 30, 200), (30, 200, 30)
+
+
+def _table(rows: list[dict]) -> pa.Table:
+    cols = {k: [r.get(k) for r in rows] for k in ("image", "caption", "decode_ok", "lang", "caption_clean")}
+    return pa.table({"uid": pa.array(range(len(rows)), pa.int64()),
+                     "image": pa.array(cols["image"], pa.binary()),
+                     "caption": pa.array(cols["caption"], pa.string()),
+                     "caption_clean": pa.array(cols["caption_clean"], pa.string()),
+                     "decode_ok": pa.array(cols["decode_ok"], pa.bool_()),
+                     "lang": pa.array(cols["lang"], pa.string())})
+
+
+# ---- pure rules ----------------------------------------------------------------------------
+def test_decide_rules():
+    c = [Candidate("web", "web", 0.5), Candidate("s1", "synthetic", 0.7),
+         Candidate("s2", "synthetic", 0.9), Candidate("s3", "synthetic", 0.2)]
+    kept, ok = decide(c, web_threshold=0.5, synth_threshold=0.6, max_synthetic=1)
+    assert ok and [k.text for k in kept] == ["web", "s2"]          # web at exactly 0.5 passes
+    kept, _ = decide(c, 0.5, 0.6, max_synthetic=5)
+    assert [k.text for k in kept] == ["web", "s2", "s1"]
+    kept, _ = decide(c, 0.5, 0.6, max_synthetic=5, primary="best")
+    assert [k.text for k in kept] == ["s2", "s1", "web"]
+    kept, ok = decide(c, 0.51, 0.6, max_synthetic=0)
+    assert not ok and kept == []                                   # web fails, no synthetic allowed
+    kept, ok = decide(c, 0.51, 0.6, max_synthetic=2)
+    assert ok and [k.text for k in kept] == ["s2", "s1"]           # best synthetic becomes primary
+    kept, ok = decide([Candidate("x", "synthetic", None)], 0.0, 0.0, 3)
+    assert not ok                                                  # unscored never kept
+
+
+def test_synthetic_candidates_dedup_and_language():
+    c = synthetic_candidates("A red square", ["a red square", " two ", "two", "", "红色方块"], "en", True)
+    assert [(x.text, x.score is None) for x in c] == [("two", False), ("红色方块", True)]
+    c = synthetic_candidates("", ["红色方块", "red"], "zh", True)
+    assert [(x.text, x.score is None) for x in c] == [("红色方块", False), ("red", True)]
+    assert all(x.score is not None for x in synthetic_candidates("", ["red"], "zh", False))
+
+
+# ---- stage with scripted scores --------------------------------------------------------------
+def test_rules_applied_per_sample():
+    cap = StubCaptioner({RED: ["red one", "red two", "red one"], BLUE: ["blue one", "blue two", "x"],
+                         GREEN: ["green one", "green two", "green three"]})
+    scores = {"web red": 0.8, "red one": 0.7, "red two": 0.4,
+              "web blue": 0.3, "blue one": 0.2, "blue two": 0.1, "x": 0.49,
+              "web green": 0.1, "green one": 0.95, "green two": 0.6, "green three": 0.55}
+    st = _stage(scores, cap, n_captions=3, web_threshold=0.5, synth_threshold=0.5, max_synthetic=2)
+    out = st.process(_table([
+        {"image": _png(RED), "caption": "web red", "decode_ok": True},
+        {"image": _png(BLUE), "caption": "web blue", "decode_ok": True},
+        {"image": _png(GREEN), "caption": "web green", "decode_ok": True},
+    ]))
+    assert out.schema.field("captions").type == CAPTION_LIST
+    caps = out.column("captions").to_pylist()
+    assert [[(c["text"], c["origin"]) for c in r] for r in caps] == [
+        [("web red", "web"), ("red one", "synthetic")],
+        [],
+        [("green one", "synthetic"), ("green two", "synthetic")],
+    ]
+    assert out.column("capfilt_pass").to_pylist() == [True, False, True]
+    assert np.allclose(out.column("capfilt_web_score").to_pylist(), [0.8, 0.3, 0.1])
+    cands = out.column("capfilt_candidates").to_pylist()
+    # duplicates removed; every candidate reported with its score
+    assert [c["text"] for c in cands[0]] == ["web red", "red one", "red two"]
+    assert [c["text"] for c in cands[1]] == ["web blue", "blue one", "blue two", "x"]
+    assert cands[1][3]["score"] == pytest.approx(0.49)
+    assert out.column("capfilt_status").to_pylist() == ["ok"] * 3
+    assert cap.calls == [3]  # one captioner call for the batch
+
+
+def test_filter_threshold_override_and_caption_clean():
+    cap = StubCaptioner({RED: ["syn"]})
+    st = _stage({"clean web": 0.3, "syn": 0.25}, cap, n_captions=1,
+                filter={"kind": "albef", "path": "/unused", "web_threshold": 0.28, "synth_threshold": 0.2})
+    out = st.process(_table([{"image": _png(RED), "caption": "RAW http://x", "caption_clean": "clean web",
+                              "decode_ok": True}]))
+    assert [c["text"] for c in out.column("captions").to_pylist()[0]] == ["clean web", "syn"]
+
+
+def test_decode_failures_are_null_not_crash():
+    cap = StubCaptioner({RED: ["s"]})
+    st = _stage({"ok": 0.9, "s": 0.9}, cap, n_captions=1)
+    out = st.process(_table([
+        {"image": b"<html>not an image</html>", "caption": "ok", "decode_ok": False},
+        {"image": b"\xff\xd8\xff garbage", "caption": "ok", "decode_ok": None},  # no annotate verdict
+        {"image": None, "caption": "ok", "decode_ok": None},
+        {"image": _png(RED), "caption": "ok", "decode_ok": True},
+    ]))
+    assert out.column("capfilt_pass").to_pylist() == [None, None, None, True]
+    assert out.column("captions").to_pylist()[:3] == [None, None, None]
+    assert out.column("capfilt_candidates").to_pylist()[:3] == [None, None, None]
+    assert out.column("capfilt_status").to_pylist() == ["decode_error", "decode_error", "no_image", "ok"]
+    assert cap.calls == [1]
+
+
+def test_empty_web_caption_uses_synthetic_only():
+    cap = StubCaptioner({RED: ["syn a", "syn b"]})
+    st = _stage({"syn a": 0.4, "syn b": 0.6}, cap, n_captions=2)
+    out = st.process(_table([{"image": _png(RED), "caption": "   ", "decode_ok": True}]))
+    assert out.column("capfilt_web_score").to_pylist() == [None]
+    assert [c["text"] for c in out.column("captions").to_pylist()[0]] == ["syn b"]
+
+
+@pytest.mark.parametrize("mode", ["web_only", "skip"])
+def test_language_mismatch(mode):
+    en_cap = StubCaptioner({RED: ["a red thing"], BLUE: ["a blue thing"]})
+    st = _stage({"web en": 0.9, "a red thing": 0.9, "蓝色的方块": 0.9}, en_cap, n_captions=1,
+                captioner={"kind": "blip", "path": "/unused"},  # BLIP defaults to languages [en]
+                on_language_mismatch=mode)
+    out = st.process(_table([
+        {"image": _png(RED), "caption": "web en", "decode_ok": True},
+        {"image": _png(BLUE), "caption": "蓝色的方块", "decode_ok": True},  # zh by script
+    ]))
+    assert en_cap.calls == [1]  # the zh row is never captioned by the English model
+    caps = out.column("captions").to_pylist()
+    assert [c["text"] for c in caps[0]] == ["web en", "a red thing"]
+    if mode == "web_only":
+        assert [c["text"] for c in caps[1]] == ["蓝色的方块"]
+        assert out.column("capfilt_pass").to_pylist() == [True, True]
+        assert out.column("capfilt_status").to_pylist() == ["ok", "web_only"]
+    else:
+        assert caps[1] is None and out.column("capfilt_pass").to_pylist() == [True, None]
+        assert out.column("capfilt_web_score").to_pylist()[1] is None
+        assert out.column("capfilt_status").to_pylist() == ["ok", "skipped_language"]
+
+
+def test_per_language_captioners_and_language_match():
+    en = StubCaptioner({RED: ["red square", "红色"]})
+    zh = StubCaptioner({BLUE: ["蓝色方块", "blue square"]})
+    scores = {"red": 0.9, "red square": 0.8, "红色": 0.99, "蓝": 0.9, "蓝色方块": 0.8, "blue square": 0.99}
+    st = _stage(scores, {"en": en, "zh": zh}, n_captions=2, max_synthetic=3,
+                captioner={"en": {"kind": "albef", "path": "/a"}, "zh": {"kind": "albef", "path": "/b"}})
+    out = st.process(_table([
+        {"image": _png(RED), "caption": "red", "decode_ok": True},
+        {"image": _png(BLUE), "caption": "蓝", "decode_ok": True, "lang": "zh"},
+    ]))
+    assert en.calls == [1] and zh.calls == [1]
+    caps = out.column("captions").to_pylist()
+    # off-language synthetic captions are reported unscored and never kept
+    assert [c["text"] for c in caps[0]] == ["red", "red square"]
+    assert [c["text"] for c in caps[1]] == ["蓝", "蓝色方块"]
+    cands = out.column("capfilt_candidates").to_pylist()
+    assert cands[0][2] == {"text": "红色", "origin": "synthetic", "score": None}
+
+
+def test_filter_only_and_config_errors():
+    st = _stage({"w": 0.7}, None, captioner=None, n_captions=0)
+    out = st.process(_table([{"image": _png(RED), "caption": "w", "decode_ok": True}]))
+    assert out.column("capfilt_status").to_pylist() == ["filter_only"]
+    assert out.column("capfilt_pass").to_pylist() == [True]
+    f = {"kind": "albef", "path": "/x"}
+    with pytest.raises(ValidationError, match="n_captions"):
+        CapfiltConfig(filter=f, n_captions=2)  # no captioner
+    with pytest.raises(ValidationError, match="beam"):
+        CapfiltConfig(filter=f, captioner=f, n_captions=5, beam=3)
+    with pytest.raises(ValidationError):
+        CapfiltConfig(filter=f, captioner=f, n_captoins=5)  # extra keys are errors
+    with pytest.raises(ValidationError, match="clip"):
+        CapfiltConfig(filter={"kind": "clip"}, n_captions=0)
+    cfg = CapfiltConfig(filter={"en": f, "*": {"kind": "blip_itm", "model": "Salesforce/blip-itm-base-coco"}},
+                        captioner=f, n_captions=1)
+    assert set(cfg.filters()) == {"en", "*"} and set(cfg.captioners()) == {"*"}
+
+
+def test_no_filter_for_language():
+    st = _stage({"w": 0.7}, None, captioner=None, n_captions=0,
+                filter={"en": {"kind": "albef", "path": "/x"}})
+    out = st.process(_table([{"image": _png(RED), "caption": "红色方块", "decode_ok": True}]))
+    assert out.column("capfilt_status").to_pylist() == ["no_filter"]
+    assert out.column("capfilt_pass").to_pylist() == [None]
+
+
+# ---- tiny HF BLIP, saved and loaded offline ----------------------------------------------------
+@pytest.fixture(scope="module")
+def blip_dir(tmp_path_factory) -> Path:
+    from transformers import (BertTokenizer, BlipConfig, BlipForConditionalGeneration,
+                              BlipForImageTextRetrieval, BlipImageProcessor, BlipProcessor)
+
+    out = tmp_path_factory.mktemp("blip")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"] + BLIP_WORDS
+    (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = BertTokenizer.from_pretrained(str(out), bos_token="[DEC]")
+    cfg = BlipConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=40,
+                         bos_token_id=5, pad_token_id=0, sep_token_id=3, eos_token_id=3),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                           num_attention_heads=2, image_size=32, patch_size=8),
+        projection_dim=16, image_text_hidden_size=16)
+    proc = BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tok)
+    torch.manual_seed(0)
+    for name, cls in (("cap", BlipForConditionalGeneration), ("itm", BlipForImageTextRetrieval)):
+        cls(cfg).save_pretrained(out / name)
+        proc.save_pretrained(out / name)
+    return out
+
+
+def test_blip_captioner_strips_prompt_and_beam(blip_dir):
+    cap = load_captioner({"kind": "blip", "path": str(blip_dir / "cap")}, device="cpu")
+    assert isinstance(cap, BlipCaptioner)
+    ims = [toy_sample("red", "left"), toy_sample("blue", "top", size=50)]
+    out = cap.caption(ims, n=3, top_p=0.9, max_len=4, min_len=1, seed=0)
+    assert len(out) == 2 and all(len(c) == 3 for c in out)
+    # every word is one token here, so at most max_len words: the 3-word prompt is cut off
+    assert all(len(t.split()) <= 4 for c in out for t in c)
+    assert all("[DEC]" not in t and "[SEP]" not in t for c in out for t in c)
+    assert out == cap.caption(ims, n=3, top_p=0.9, max_len=4, min_len=1, seed=0)
+    beams = cap.caption(ims, n=2, beam=3, max_len=4)
+    assert [len(c) for c in beams] == [2, 2]
+    with pytest.raises(ValueError, match="beam"):
+        cap.caption(ims, n=4, beam=3)
+
+
+def test_blip_itm_groups_match_model_forward(blip_dir):
+    from transformers import AutoProcessor, BlipForImageTextRetrieval
+
+    flt = load_filter({"kind": "blip_itm", "path": str(blip_dir / "itm"), "batch_size": 2}, device="cpu")
+    assert isinstance(flt, BlipItmFilter)
+    ims = [toy_sample("red", "left"), toy_sample("blue", "top"), toy_sample("green", "right")]
+    texts = [["a red square", "on the left top"], ["blue"], ["green square right", "a", "the top"]]
+    got = flt.score_groups(ims, texts)
+    proc = AutoProcessor.from_pretrained(blip_dir / "itm")
+    model = BlipForImageTextRetrieval.from_pretrained(blip_dir / "itm").eval()
+    for im, group, g in zip(ims, texts, got):
+        inp = proc(images=[im] * len(group), text=group, return_tensors="pt", padding=True)
+        with torch.no_grad():
+            ref = model(**inp, use_itm_head=True).itm_score.softmax(-1)[:, 1].numpy()
+        assert np.allclose(g, ref, atol=1e-5)
+
+
+def test_stage_with_tiny_blip(blip_dir):
+    cfg = CapfiltConfig(captioner={"kind": "blip", "path": str(blip_dir / "cap")},
+                        filter={"kind": "blip_itm", "path": str(blip_dir / "itm")},
+                        n_captions=3, max_len=5, min_len=1, web_threshold=0.0, synth_threshold=0.0,
+                        max_synthetic=2, device="cpu", batch_size=4, seed=1)
+    st = CapfiltStage(cfg, None)
+    st.setup(None)
+    imgs = [_png(RED), b"broken", _png(BLUE, (64, 64)), _png(GREEN)]
+    out = capfilt_pairs(st, imgs, ["a red square", "x", "红色的方块", "green"], ["en", None, None, "en"])
+    assert out.num_rows == 4
+    assert out.column("capfilt_status").to_pylist() == ["ok", "decode_error", "web_only", "ok"]
+    caps = out.column("captions").to_pylist()
+    assert caps[0][0]["text"] == "a red square" and caps[0][0]["origin"] == "web"
+    assert 1 <= len(caps[0]) <= 3 and all(c["origin"] == "synthetic" for c in caps[0][1:])
+    assert [c["origin"] for c in caps[2]] == ["web"]
+    for cands in out.column("capfilt_candidates").to_pylist():
+        for c in cands or []:
+            assert 0.0 <= c["score"] <= 1.0
+    again = capfilt_pairs(st, imgs, ["a red square", "x", "红色的方块", "green"], ["en", None, None, "en"])
+    assert again.equals(out)  # sampling is seeded by the rows
+
+
+# ---- the project's own model -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def albef_ckpt(tmp_path_factory) -> Path:
+    from albef_helpers import tiny_model
+    from models.albef.checkpoint import save_config
+    from models.albef.config import load_config
+
+    out = tmp_path_factory.mktemp("albef") / "ckpt"
+    tok = toy_tokenizer()
+    model = tiny_model(tok)
+    save_config(out, load_config("tiny", tiny_overrides(**{"text.vocab_size": tok.vocab_size})))
+    tok.save(out / "tokenizer")
+    torch.save({"model": model.state_dict(), "step": 0}, out / "model.pt")
+    return out
+
+
+def test_albef_filter_matches_itm_score(albef_ckpt):
+    from models.albef.inference import AlbefInference
+
+    flt = load_filter({"kind": "albef", "path": str(albef_ckpt), "batch_size": 2}, device="cpu")
+    assert isinstance(flt, AlbefItmFilter)
+    ims = [toy_sample("red", "left"), toy_sample("blue", "top"), toy_sample("green", "right")]
+    texts = [["a red square on the left", "左边有一个红色的方块"], ["a blue square"],
+             ["green", "a yellow square on the top", "右边"]]
+    got = flt.score_groups(ims, texts)
+    ref = AlbefInference.load(albef_ckpt).itm_score([im for im, g in zip(ims, texts) for _ in g],
+                                                    [t for g in texts for t in g])
+    assert np.allclose(np.concatenate(got), ref, atol=1e-5)
+    assert np.allclose(flt.score_pairs(ims, ["a", "b", "c"]),
+                       AlbefInference.load(albef_ckpt).itm_score(ims, ["a", "b", "c"]), atol=1e-5)
+
+
+def test_stage_with_own_model(albef_ckpt):
+    spec = {"kind": "albef", "path": str(albef_ckpt)}
+    st = CapfiltStage({"captioner": spec, "filter": spec, "n_captions": 3, "max_len": 6,
+                       "web_threshold": 0.0, "synth_threshold": 0.0, "max_synthetic": 2,
+                       "synthetic_language": "any", "device": "cpu", "seed": 0}, None)
+    st.setup(None)
+    # captioner and filter name the same checkpoint: one model in memory
+    assert st.captioners["*"].inf is st.filters["*"].inf
+    buf = io.BytesIO()
+    toy_sample("red", "left").save(buf, format="JPEG")
+    out = capfilt_pairs(st, [buf.getvalue(), _png(BLUE)], ["a red square on the left", "蓝色的方块"])
+    assert out.column("capfilt_pass").to_pylist() == [True, True]
+    for caps, cands in zip(out.column("captions").to_pylist(), out.column("capfilt_candidates").to_pylist()):
+        assert caps[0]["origin"] == "web" and len(caps) <= 3
+        assert 2 <= len(cands) <= 4 and all(0 <= c["score"] <= 1 for c in cands)
+
+
+def test_clip_filter_is_cosine(tmp_path):
+    from models.clip import load_backend
+    from models.clip.testing import tiny_open_clip_dir
+
+    d = tiny_open_clip_dir(tmp_path / "oc")
+    clip = {"kind": "open_clip", "path": str(d)}
+    flt = load_filter({"kind": "clip", "clip": clip}, device="cpu")
+    assert isinstance(flt, ClipFilter)
+    ims = [toy_sample("red", "left"), toy_sample("blue", "top")]
+    got = flt.score_groups(ims, [["a red square", "blue"], ["a blue square"]])
+    be = load_backend(clip, device="cpu")
+    ref = be.similarity(be.encode_images([ims[0], ims[0], ims[1]]),
+                        be.encode_texts(["a red square", "blue", "a blue square"]))
+    assert np.allclose(np.concatenate(got), ref, atol=1e-5)
