@@ -231,10 +231,9 @@ class CapfiltStage(Stage):
             raise ValueError("capfilt needs an 'image' column (image bytes from download)")
         if "caption" not in names and "caption_clean" not in names:
             raise ValueError("capfilt needs 'caption_clean' (annotate) or 'caption' (input list)")
-        raw = batch.column("caption").to_pylist() if "caption" in names else [None] * n
-        clean = batch.column("caption_clean").to_pylist() if "caption_clean" in names else [None] * n
-        web = [(cl if cl is not None else r) or "" for cl, r in zip(clean, raw)]
-        web = [w.strip() if isinstance(w, str) else "" for w in web]
+        # Never fall back to the raw caption row by row: it may hold the PII that cleaning removed.
+        cap_col = "caption_clean" if "caption_clean" in names else "caption"
+        web = [w.strip() if isinstance(w, str) else "" for w in batch.column(cap_col).to_pylist()]
         langs_in = batch.column("lang").to_pylist() if "lang" in names else [None] * n
         langs = [lg or detect_language(w) for lg, w in zip(langs_in, web)]
         dec_ok = batch.column("decode_ok").to_pylist() if "decode_ok" in names else [None] * n

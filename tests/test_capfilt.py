@@ -68,13 +68,14 @@ RED, BLUE, GREEN = (200, 30, 30), (30, 30, 200), (30, 200, 30)
 
 
 def _table(rows: list[dict]) -> pa.Table:
-    cols = {k: [r.get(k) for r in rows] for k in ("image", "caption", "decode_ok", "lang", "caption_clean")}
-    return pa.table({"uid": pa.array(range(len(rows)), pa.int64()),
-                     "image": pa.array(cols["image"], pa.binary()),
-                     "caption": pa.array(cols["caption"], pa.string()),
-                     "caption_clean": pa.array(cols["caption_clean"], pa.string()),
-                     "decode_ok": pa.array(cols["decode_ok"], pa.bool_()),
-                     "lang": pa.array(cols["lang"], pa.string())})
+    types = {"image": pa.binary(), "caption": pa.string(), "decode_ok": pa.bool_(), "lang": pa.string(),
+             "caption_clean": pa.string()}
+    t = pa.table({"uid": pa.array(range(len(rows)), pa.int64())})
+    for k, typ in types.items():
+        # caption_clean only when a row has one: as in a run without annotate
+        if k != "caption_clean" or any(k in r for r in rows):
+            t = t.append_column(k, pa.array([r.get(k) for r in rows], typ))
+    return t
 
 
 # ---- pure rules ----------------------------------------------------------------------------
@@ -139,8 +140,14 @@ def test_filter_threshold_override_and_caption_clean():
     st = _stage({"clean web": 0.3, "syn": 0.25}, cap, n_captions=1,
                 filter={"kind": "albef", "path": "/unused", "web_threshold": 0.28, "synth_threshold": 0.2})
     out = st.process(_table([{"image": _png(RED), "caption": "RAW http://x", "caption_clean": "clean web",
+                              "decode_ok": True},
+                             {"image": _png(RED), "caption": "call 13800138000", "caption_clean": None,
                               "decode_ok": True}]))
-    assert [c["text"] for c in out.column("captions").to_pylist()[0]] == ["clean web", "syn"]
+    caps = out.column("captions").to_pylist()
+    assert [c["text"] for c in caps[0]] == ["clean web", "syn"]
+    # a null cleaned caption never falls back to the raw one (it may hold redacted PII)
+    assert [c["text"] for c in caps[1]] == ["syn"]
+    assert out.column("capfilt_web_score").to_pylist()[1] is None
 
 
 def test_decode_failures_are_null_not_crash():
@@ -379,3 +386,44 @@ def test_clip_filter_is_cosine(tmp_path):
     ref = be.similarity(be.encode_images([ims[0], ims[0], ims[1]]),
                         be.encode_texts(["a red square", "blue", "a blue square"]))
     assert np.allclose(np.concatenate(got), ref, atol=1e-5)
+
+
+def test_through_executor_shard_path(tmp_path):
+    """The runner's path: columns read from the store (annotate's caption_clean/lang used),
+    several batches per shard, output row-aligned and written atomically."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from pipeline.executors import process_shard
+    from pipeline.store import ColumnStore
+
+    n = 5
+    (tmp_path / "input").mkdir()
+    (tmp_path / "input" / "meta.json").write_text(json.dumps({"n_shards": 1, "n_rows": n}))
+    uid = pa.array(range(n), pa.int64())
+    pq.write_table(pa.table({"uid": uid, "url": [f"http://x/{i}" for i in range(n)],
+                             "caption": ["raw"] * n}), tmp_path / "input" / "00000.parquet")
+    (tmp_path / "download").mkdir()
+    pq.write_table(pa.table({"uid": uid, "image": pa.array([_png(RED), _png(BLUE), b"x", _png(RED), None],
+                                                           pa.binary())}),
+                   tmp_path / "download" / "00000.parquet")
+    (tmp_path / "annotate").mkdir()
+    pq.write_table(pa.table({"uid": uid, "decode_ok": [True, True, False, True, False],
+                             "caption_clean": ["web", "蓝色", "web", "web", "web"],
+                             "lang": ["en", "zh", "en", "en", None]}),
+                   tmp_path / "annotate" / "00000.parquet")
+    store = ColumnStore(tmp_path, ["download", "annotate", "capfilt"])
+    cap = StubCaptioner({RED: ["syn"], BLUE: ["蓝色方块"]})
+    st = _stage({"web": 0.9, "syn": 0.2, "蓝色": 0.1, "蓝色方块": 0.6}, cap, n_captions=1, batch_size=2)
+    st.setup = lambda state=None: None  # stubs are already in place
+    process_shard(st, store, 0)
+    out = pq.read_table(tmp_path / "capfilt" / "00000.parquet")
+    assert out.column("uid").to_pylist() == list(range(n))
+    assert out.column("capfilt_pass").to_pylist() == [True, True, None, True, None]
+    assert [[c["text"] for c in r] if r is not None else None for r in out.column("captions").to_pylist()] == [
+        ["web"], ["蓝色方块"], None, ["web"], None]
+    assert cap.calls == [2, 1]  # batches of 2 rows: {0, 1}, {2, 3} (2 fails decode), {4} (no image)
+
+    empty = st.process(_table([]).slice(0, 0))
+    assert empty.num_rows == 0 and empty.schema.field("captions").type == CAPTION_LIST
