@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import numpy as np
@@ -106,6 +107,20 @@ class CapfiltConfig(BaseModel):
 
     def filters(self) -> dict[str, FilterSpec]:
         return self.filter if isinstance(self.filter, dict) else {ANY_LANG: self.filter}
+
+    def resolve_paths(self, base_dir: str | Path) -> "CapfiltConfig":
+        """Make relative model `path`s relative to `base_dir` (the recipe file's folder)."""
+        base = Path(base_dir)
+
+        def fix(p: str | None) -> str | None:
+            return str((base / p).resolve()) if p and not Path(p).is_absolute() else p
+
+        for spec in [*self.captioners().values(), *self.filters().values()]:
+            spec.path = fix(spec.path)
+            clip = getattr(spec, "clip", None)
+            if clip is not None and not isinstance(clip, str):
+                clip.path = fix(clip.path)
+        return self
 
 
 def route(lang: str | None, keys: Sequence[str]) -> str | None:

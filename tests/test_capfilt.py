@@ -427,3 +427,15 @@ def test_through_executor_shard_path(tmp_path):
 
     empty = st.process(_table([]).slice(0, 0))
     assert empty.num_rows == 0 and empty.schema.field("captions").type == CAPTION_LIST
+
+
+def test_resolve_paths_relative_to_recipe(tmp_path):
+    cfg = CapfiltConfig(captioner={"en": {"kind": "albef", "path": "ckpt/r0"},
+                                   "zh": {"kind": "blip", "model": "Salesforce/blip-image-captioning-base"}},
+                        filter={"kind": "clip", "clip": {"kind": "open_clip", "path": "oc"}})
+    cfg.resolve_paths(tmp_path)
+    assert cfg.captioners()["en"].path == str(tmp_path / "ckpt" / "r0")
+    assert cfg.captioners()["zh"].path is None  # hub ids are not paths
+    assert cfg.filters()["*"].clip.path == str(tmp_path / "oc")
+    assert CapfiltConfig(filter={"kind": "albef", "path": "/abs/ckpt"}, n_captions=0
+                         ).resolve_paths(tmp_path).filters()["*"].path == "/abs/ckpt"
