@@ -90,6 +90,7 @@ class Match(NamedTuple):
 class SensitiveMatcher:
     def __init__(self, words: Iterable[str], action: str = "mask", min_len: int = 2,
                  allowlist: Iterable[str] = (), zh_boundaries: bool = True,
+                 zh_boundary_max_len: int = 3,
                  en_boundaries: bool = True, t2s: bool = True):
         if action not in ACTIONS:
             raise ValueError(f"sensitive action {action!r} is not one of {ACTIONS}")
@@ -118,7 +119,11 @@ class SensitiveMatcher:
             # Per-word facts are computed once here, not per hit.
             self._auto = ahocorasick.Automaton()
             for w in sorted(kept):
-                self._auto.add_word(w, (w, len(w), len(w) > 1 and bool(lang_mod.HAN_RE.search(w)),
+                # Only short words need the boundary check: accidental hits inside ordinary text
+                # (马的 in 骑马的人, 一个, 女人) are 2-3 characters; a 4+ character lexicon entry
+                # rarely occurs by chance, and jieba often splits such rare words differently.
+                self._auto.add_word(w, (w, len(w), 1 < len(w) <= zh_boundary_max_len
+                                        and bool(lang_mod.HAN_RE.search(w)),
                                         _is_ascii_alnum(w[0]), _is_ascii_alnum(w[-1])))
             self._auto.make_automaton()
         self._allow_auto = _build(sorted(allow))

@@ -111,6 +111,9 @@ _WS_RE = re.compile(r"\s+")
 _TAG_RE = re.compile(r"</?[A-Za-z][A-Za-z0-9]*(?:\s[^<>]{0,200})?/?>")
 _SEP = r"[\s\-–—|:：·•,，、。.!！>»/\\()（）\[\]【】]*"
 _WORDLIKE_RE = re.compile(r"[^\W_]")
+# What is left of a caption that carries no description: placeholders of redacted PII, masked
+# sensitive words, hashtags and links.
+_NON_CONTENT_RE = re.compile(r"<[^<>\s]{1,8}>|\*+|#[^\s#]+#?|https?://\S+|www\.\S+")
 _HASHTAGS_RE = re.compile(r"^(?:#[^\s#]+#?\s*)+$")
 _IMG_EXT = r"(?:jpe?g|jfif|png|gif|webp|bmp|tiff?|heic|heif|svg|avif|ico)"
 _FILENAME_RE = re.compile(
@@ -267,6 +270,10 @@ class CaptionCleaner:
             if n_names:
                 pii_counts["name"] = pii_counts.get("name", 0) + n_names
 
+        # Nothing but placeholders, masks, hashtags and links once boilerplate is gone.
+        if not uninformative and (removed or pii_counts or hits) and \
+                not _WORDLIKE_RE.search(_NON_CONTENT_RE.sub(" ", text)):
+            uninformative = True
         counts = lang_mod.script_counts(text)
         lang = lang_mod.language_of_counts(counts)
         toks = lang_mod.words(text, "zh" if counts.han else "en")

@@ -109,10 +109,10 @@ class ScoreStage(Stage):
                                              batch_size=self.cfg.batch_size)
             self.backends[key] = loaded[ident]
         dims = {k: b.embed_dim for k, b in self.backends.items()}
-        if len(set(dims.values())) != 1:
-            raise ValueError(f"score backends must share one embedding size (img_emb/txt_emb "
-                             f"are fixed-size columns), got {dims}")
-        self.dim = next(iter(dims.values()))
+        # One size: fixed-size list columns (zero-copy to numpy). Several (e.g. ViT-L/14 for en,
+        # a base Chinese-CLIP for zh): variable-size lists; dedup compares only within a model.
+        self.mixed = len(set(dims.values())) != 1
+        self.dim = max(dims.values())
         self.pool = ThreadPoolExecutor(self.cfg.num_decode_threads, thread_name_prefix="decode")
         self.prefetch = ThreadPoolExecutor(1, thread_name_prefix="prefetch")
 
@@ -150,23 +150,25 @@ class ScoreStage(Stage):
         has_img = np.zeros(n, bool)
         has_txt = np.zeros(n, bool)
         model_name: list[str | None] = [None] * n
+        row_dim = np.full(n, self.dim, np.int64)
         for key in dict.fromkeys(w for w in which if w is not None):
             be = self.backends[key]
             rows = [i for i in range(n) if which[i] == key]
             for i in rows:
                 model_name[i] = be.name
+                row_dim[i] = be.embed_dim
             img_rows = [i for i in rows if err[i] not in ("no_image", "decode_error")]
             txt_rows = [i for i in rows if captions[i]]
             ie, iok = self._encode(be, [images[i] for i in img_rows], [captions[i] for i in txt_rows])
             e_img, e_txt = ie
             idx = np.asarray(img_rows, dtype=np.int64)
-            img[idx[iok]] = e_img[iok]
+            img[idx[iok], :be.embed_dim] = e_img[iok]
             has_img[idx[iok]] = True
             for i in idx[~iok]:
                 if err[i] is None or err[i] == "empty_caption":
                     err[i] = "decode_error"
             tidx = np.asarray(txt_rows, dtype=np.int64)
-            txt[tidx] = e_txt
+            txt[tidx, :be.embed_dim] = e_txt
             has_txt[tidx] = True
 
         both = has_img & has_txt
@@ -177,8 +179,8 @@ class ScoreStage(Stage):
             "clip_model": pa.array(model_name, pa.string()),
             "clip_error": pa.array([None if both[i] else (err[i] or "not_scored") for i in range(n)],
                                    pa.string()),
-            "img_emb": _fixed_list(img, has_img, self.dim),
-            "txt_emb": _fixed_list(txt, has_txt, self.dim),
+            "img_emb": _emb_array(img, has_img, row_dim, self.mixed),
+            "txt_emb": _emb_array(txt, has_txt, row_dim, self.mixed),
         })
 
     # ---- encoding core -----------------------------------------------------------------------
@@ -278,6 +280,16 @@ def _normalize_float(px: torch.Tensor, be: ClipBackend) -> torch.Tensor:
     from models.clip.transforms import normalize_batch
 
     return normalize_batch(px, be.pixel, be.dtype)  # type: ignore[arg-type]
+
+
+def _emb_array(arr: np.ndarray, valid: np.ndarray, row_dim: np.ndarray, mixed: bool) -> pa.Array:
+    if not mixed:
+        return _fixed_list(arr, valid, arr.shape[1])
+    lengths = np.where(valid, row_dim, 0)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    values = np.concatenate([arr[i, :lengths[i]] for i in range(len(arr))] or [np.zeros(0, np.float16)])
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.astype(np.float16), pa.float16()),
+                                    mask=pa.array(~valid))
 
 
 def _fixed_list(arr: np.ndarray, valid: np.ndarray, dim: int) -> pa.Array:
