@@ -68,7 +68,12 @@ class RunData:
         return self.rows.column(name).to_pylist()
 
     def num(self, name: str) -> np.ndarray:
-        c = pc.cast(self.rows.column(name), pa.float64(), safe=False)
+        """The column as floats (null -> NaN); all NaN, with a note, when it is not numeric."""
+        try:
+            c = pc.cast(self.rows.column(name), pa.float64(), safe=False)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            self.notes.append(f"column `{name}` is {self.rows.schema.field(name).type}, not numeric: not plotted")
+            return np.full(self.rows.num_rows, math.nan)
         return np.asarray(pc.fill_null(c, math.nan).to_numpy(zero_copy_only=False), dtype=float)
 
 
@@ -273,7 +278,7 @@ def section_histograms(data: RunData) -> str:
     for col, label in (("clip_score", "CLIP score"), ("itm_score", "ITM score")):
         if data.has(col):
             v = data.num(col)
-            svg = histogram({k: v[m] for k, m in langs.items()}, f"{label} by language", xlabel=col)
+            svg = histogram({k: v[m] for k, m in langs.items()}, label + (" by language" if data.has("lang") else ""), xlabel=col)
             charts.append(svg or "")
             if not svg:
                 notes.append(f"{col}: no scored rows")
@@ -298,7 +303,7 @@ def section_histograms(data: RunData) -> str:
         lens[lens < 0] = np.nan
         finite = lens[np.isfinite(lens)]
         hi = float(max(np.percentile(finite, 99), 10)) if finite.size else None
-        charts.append(histogram({k: lens[m] for k, m in langs.items()}, f"Caption length ({cap_col}) by language",
+        charts.append(histogram({k: lens[m] for k, m in langs.items()}, f"Caption length ({cap_col})" + (" by language" if data.has("lang") else ""),
                                 lo=0.0, hi=hi, xlabel="characters"))
     else:
         notes.append("caption length: no caption column")
@@ -544,6 +549,8 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, samples_per
     root = Path(run_dir)
     data = load_run(root)
     out_path = Path(out) if out else root / "report" / "index.html"
+    if out_path.is_dir():
+        out_path = out_path / "index.html"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     groups = _sample_uids(data, samples_per_reason) if data.rows is not None else []
     capfilt_uids = _capfilt_pick(data) if data.has("captions", "uid") else []

@@ -243,3 +243,19 @@ def test_cli_report(local_run, tmp_path, capsys):
     assert (tmp_path / "x" / "r.html").exists() and (tmp_path / "x" / "thumbs").is_dir()
     assert "report:" in capsys.readouterr().out
     assert main(["report", str(tmp_path / "missing")]) == 2
+
+
+def test_report_odd_columns_and_out_dir(local_run, tmp_path):
+    run = _copy_run(local_run[0], tmp_path / "run")
+    for f in (run / "export" / "manifest").glob("*.parquet"):
+        t = pq.read_table(f)
+        n = t.num_rows
+        t = t.append_column("clip_score", pa.array(["high"] * n, pa.string()))
+        t = t.append_column("captions", pa.array([["just a string"]] * n, pa.list_(pa.string())))
+        pq.write_table(t, f)
+    (tmp_path / "site").mkdir()
+    out = build_report(run, out=tmp_path / "site")
+    html = out.read_text(encoding="utf-8")
+    assert out == tmp_path / "site" / "index.html"
+    assert "column `clip_score` is string, not numeric" in html
+    assert '<section id="capfilt">' in html
