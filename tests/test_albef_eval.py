@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from models.albef.eval import (attribute_accuracy, bleu4, chance_recall, cider_d, recall_at_k,
-                               rerank, tokenize_caption)
+                               itm_topk, rerank, tokenize_caption)
 
 
 def test_recall_at_k_known_matrix():
@@ -19,9 +19,13 @@ def test_recall_at_k_known_matrix():
 
 
 def test_rerank_orders_top_k_by_itm():
-    itc = np.array([[0.9, 0.8, 0.1]])
-    out = rerank(itc, lambda r, cols: [1.0 if c == 1 else 0.0 for c in cols], k=2)
-    assert list(np.argsort(-out[0])) == [1, 0, 2]
+    itc = np.array([[0.9, 0.8, 0.1, 0.85]])
+    itm = itm_topk(itc, lambda r, cols: [1.0 if c == 1 else 0.0 for c in cols], k=3)
+    assert np.isnan(itm[0, 2]) and itm[0, 1] == 1.0
+    assert list(np.argsort(-rerank(itc, itm)[0])) == [1, 0, 3, 2]
+    # BLIP variant: ITM + ITC; a big enough ITC gap outweighs a small ITM one
+    itm2 = np.array([[0.5, 0.55, np.nan, np.nan]])
+    assert np.argmax(rerank(np.array([[0.9, 0.2, 0.1, 0.0]]), itm2, itc_weight=1.0)[0]) == 0
 
 
 def test_chance_recall():

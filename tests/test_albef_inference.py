@@ -41,7 +41,7 @@ def test_eval_runs_on_split(ckpt):
     from models.albef.eval import evaluate
     m = evaluate(ckpt / "ckpt", ckpt / "test" / "test.parquet", k=4, beam=2)
     assert m["n_images"] == 8 and m["n_texts"] == 24
-    for key in ("itc_tr_r@1", "itm_ir_r@10", "chance_tr_r@1", "bleu4", "cider", "attr_all"):
+    for key in ("itc_tr_r@1", "itm_ir_r@10", "itm_itc_tr_r@5", "chance_tr_r@1", "bleu4", "cider", "attr_all"):
         assert key in m and np.isfinite(m[key])
     assert m["itc_ir_r@10"] == 100.0  # only 8 images: every text's image is in the top 10
 
@@ -57,4 +57,4 @@ def test_cli_help_and_eval(ckpt, capsys):
     args = p.parse_args(["eval", "--ckpt", str(ckpt / "ckpt"), "--split",
                          str(ckpt / "test" / "test.parquet"), "--no-caption", "--k", "4"])
     assert args.func(args) == 0
-    assert "ITC+ITM" in capsys.readouterr().out
+    assert "ITM re-rank" in capsys.readouterr().out

@@ -109,7 +109,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def format_metrics(m: dict) -> str:
     lines = [f"{m['n_images']} images, {m['n_texts']} captions"]
     lines.append(f"{'':14}{'tr R@1':>8}{'R@5':>8}{'R@10':>8}{'ir R@1':>9}{'R@5':>8}{'R@10':>8}")
-    for name, p in (("ITC", "itc_"), ("ITC+ITM", "itm_"), ("chance", "chance_")):
+    for name, p in (("ITC", "itc_"), ("ITM re-rank", "itm_"), ("ITM+ITC", "itm_itc_"),
+                    ("chance", "chance_")):
         vals = [m.get(f"{p}{d}_r@{k}", float("nan")) for d in ("tr", "ir") for k in (1, 5, 10)]
         lines.append(f"{name:14}" + "".join(f"{v:8.1f}" if i != 3 else f"{v:9.1f}" for i, v in enumerate(vals)))
     if "bleu4" in m:

@@ -13,6 +13,7 @@ import glob
 import io
 import json
 import logging
+import os
 import random
 import tarfile
 from dataclasses import dataclass
@@ -120,11 +121,14 @@ class ShardDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.epoch = 0
         self._files: dict[int, io.BufferedReader] = {}
+        self._pid = os.getpid()
 
     def __len__(self) -> int:
         return len(self.refs)
 
     def _read(self, shard: int, span: tuple[int, int]) -> bytes:
+        if self._pid != os.getpid():  # forked loader worker: never share a file offset
+            self._files, self._pid = {}, os.getpid()
         f = self._files.get(shard)
         if f is None:
             f = self._files[shard] = open(self.shards[shard], "rb")

@@ -60,15 +60,21 @@ def chance_recall(text_image: np.ndarray, n_images: int, ks=(1, 5, 10)) -> dict[
     return out
 
 
-def rerank(itc: np.ndarray, itm_fn, k: int) -> np.ndarray:
-    """Scores whose top-k per row are ordered by `itm_fn(row, cols) -> scores` (ALBEF): re-ranked
-    candidates get 1000 + ITM score so they stay above the rest, which keep their ITC order."""
-    out = itc.astype(np.float64).copy()
-    k = min(k, itc.shape[1])
-    top = np.argsort(-itc, axis=1)[:, :k]
+def itm_topk(itc: np.ndarray, itm_fn, k: int) -> np.ndarray:
+    """ITM scores `itm_fn(row, cols)` of each row's ITC top-k columns; NaN elsewhere."""
+    out = np.full(itc.shape, np.nan)
+    top = np.argsort(-itc, axis=1)[:, :min(k, itc.shape[1])]
     for r in range(itc.shape[0]):
-        out[r, top[r]] = 1000.0 + np.asarray(itm_fn(r, top[r]), dtype=np.float64)
+        out[r, top[r]] = np.asarray(itm_fn(r, top[r]), dtype=np.float64)
     return out
+
+
+def rerank(itc: np.ndarray, itm: np.ndarray, itc_weight: float = 0.0) -> np.ndarray:
+    """Re-ranked scores: the top-k candidates (finite `itm`) ordered by ITM score (+ itc_weight x
+    ITC similarity), above the rest, which keep their ITC order. itc_weight 0 is ALBEF's
+    protocol; 1 is BLIP's (ITM + ITC)."""
+    top = np.isfinite(itm)
+    return np.where(top, 1000.0 + np.nan_to_num(itm) + itc_weight * itc, itc.astype(np.float64))
 
 
 # ---- captioning metrics ------------------------------------------------------------------------
@@ -220,14 +226,17 @@ def evaluate(ckpt: str | Path, split: str | Path, device: str = "cpu", lang: str
     def t2i_itm(r, cols):
         return inf.itm_from_embeddings(embeds[torch.as_tensor(cols)], [texts[r]] * len(cols)).numpy()
 
-    re_i2t = rerank(itc, i2t_itm, k)
-    re_t2i = rerank(itc.T, t2i_itm, k)
-    tr = recall_at_k(re_i2t, text_image)
-    ir = recall_at_k(re_t2i.T, text_image)
-    itm = {m: v for m, v in tr.items() if m.startswith("tr")}
-    itm.update({m: v for m, v in ir.items() if m.startswith("ir")})
-    itm["r_mean"] = float(np.mean([v for m, v in itm.items() if "@" in m]))
-    out.update({f"itm_{m}": v for m, v in itm.items()})
+    # ITM is computed once per direction; "itm" ranks the top-k by ITM alone (ALBEF), "itm_itc"
+    # by ITM probability + ITC cosine (BLIP's variant).
+    itm_i2t = itm_topk(itc, i2t_itm, k)
+    itm_t2i = itm_topk(itc.T, t2i_itm, k)
+    for name, w in (("itm", 0.0), ("itm_itc", 1.0)):
+        tr = recall_at_k(rerank(itc, itm_i2t, w), text_image)
+        ir = recall_at_k(rerank(itc.T, itm_t2i, w).T, text_image)
+        res = {m: v for m, v in tr.items() if m.startswith("tr")}
+        res.update({m: v for m, v in ir.items() if m.startswith("ir")})
+        res["r_mean"] = float(np.mean([v for m, v in res.items() if "@" in m]))
+        out.update({f"{name}_{m}": v for m, v in res.items()})
     out.update({f"chance_{m}": v for m, v in chance_recall(text_image, len(images)).items()})
     if caption:
         caps = [c[0] for c in inf.caption(images, n=1, beam=beam)]
