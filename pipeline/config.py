@@ -198,6 +198,13 @@ def recipe_from_dict(data: Any, source: str = "<dict>", base_dir: Path | None = 
             recipe.input.path = str((base_dir / recipe.input.path).resolve())
         if "://" not in recipe.workdir and not Path(recipe.workdir).is_absolute():
             recipe.workdir = str((base_dir / recipe.workdir).resolve())
+        if recipe.capfilt is not None:
+            recipe.capfilt.resolve_paths(base_dir)
+        if recipe.score is not None:
+            for spec in recipe.score.backends.values():
+                if spec.path and "://" not in spec.path and not Path(spec.path).is_absolute() \
+                        and (base_dir / spec.path).exists():
+                    spec.path = str((base_dir / spec.path).resolve())
     return recipe
 
 

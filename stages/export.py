@@ -86,6 +86,10 @@ class ExportStage(Stage):
         os.replace(tmp, path)
 
     def _caption(self, row: dict) -> str:
+        # CapFilt's kept captions, primary first; else the cleaned web caption.
+        caps = row.get("captions") or []
+        if caps and caps[0].get("text"):
+            return caps[0]["text"]
         return row.get("caption_clean") or row.get("caption") or ""
 
     def process(self, batch: pa.Table) -> pa.Table:

@@ -69,6 +69,9 @@ def build_rules(cfg: SelectConfig, reject_sensitive: bool = False) -> list[Rule]
         rules.append(Rule(None, "rejected", ("dup_of", "dup_reason"), lambda b: [
             r or "duplicate" if d is not None and d != u else None for u, d, r in zip(
                 b.column("uid").to_pylist(), b.column("dup_of").to_pylist(), b.column("dup_reason").to_pylist())]))
+    # CapFilt: null means "not evaluated" (e.g. language skipped), only False rejects.
+    rules.append(Rule("capfilt", "rejected", ("capfilt_pass",), lambda b: [
+        "capfilt" if p is False else None for p in b.column("capfilt_pass").to_pylist()]))
     if cfg.max_bytes:
         rules.append(_mask_rule("too_many_bytes", "rejected", ("byte_size",),
                                 lambda b: _col(b, "byte_size", 0) > cfg.max_bytes))

@@ -108,11 +108,19 @@ def test_decode_ok_false_is_respected(dirs):
 
 def test_language_routing_to_two_backends(dirs, tmp_path):
     oc_dir, cc_dir = dirs
-    # Different embedding sizes cannot share the fixed-size columns: clear setup error.
+    # Different embedding sizes: variable-size list columns, each row as long as its model's.
     cfg = ScoreConfig(backends={"en": {"kind": "open_clip", "path": str(oc_dir)},
                                 "zh": {"kind": "chinese_clip", "path": str(cc_dir)}}, device="cpu")
-    with pytest.raises(ValueError, match="one embedding size"):
-        ScoreStage(cfg, None).setup(None)
+    mixed = ScoreStage(cfg, None)
+    mixed.setup(None)
+    t = pa.table({"image": pa.array([_jpeg(0), _jpeg(1)], pa.binary()), "caption_clean": ["red", "红色"],
+                  "lang": ["en", "zh"], "decode_ok": [True, True]})
+    out = mixed.process(t)
+    dims = [len(v) for v in out.column("img_emb").to_pylist()]
+    assert dims == [mixed.backends["en"].embed_dim, mixed.backends["zh"].embed_dim] and dims[0] != dims[1]
+    for col in ("img_emb", "txt_emb"):
+        for v in out.column(col).to_pylist():
+            assert abs(np.linalg.norm(np.asarray(v, np.float32)) - 1) < 3e-3
     # Same size: a second open_clip seed plays the "zh" model.
     oc2 = tiny_open_clip_dir(tmp_path / "oc2", seed=1)
     cfg = ScoreConfig(backends={"en": {"kind": "open_clip", "path": str(oc_dir), "threshold": 0.28},
