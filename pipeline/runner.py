@@ -11,7 +11,9 @@ from pathlib import Path
 
 from pipeline.accounting import check_and_record, format_summary
 from pipeline.config import Recipe
-from pipeline.executors import LocalExecutor, RayExecutor, make_executor
+from pipeline.executors import (LocalExecutor, RayExecutor, load_failed_shards, make_executor,
+                                record_failed_shards, reset_failed_shards, without_shards,
+                                write_failed_placeholders)
 from pipeline.ingest import ingest
 from pipeline.registry import build_stage, stage_config
 from pipeline.store import ColumnStore, atomic_write_json
@@ -74,6 +76,9 @@ def run(recipe: Recipe, only: list[str] | None = None, redo: list[str] | None = 
     log.info("input: %d rows in %d shards of up to %d", meta["n_rows"], meta["n_shards"], recipe.shard_size)
     _invalidate_stale(workdir, stages, _fingerprint(recipe, stages), set(redo or []))
     store = ColumnStore(workdir, stages)
+    # Shards that failed before are tried again when their stage runs; until then (and when they
+    # fail again) later stages skip them and placeholders account their rows as shard_error.
+    failed = reset_failed_shards(store, stages, [n for n in stages if not only or n in only])
     own_executor = executor is None
     ex = executor or make_executor(recipe.executor, recipe.ray_address)
     timings = {}
@@ -86,13 +91,16 @@ def run(recipe: Recipe, only: list[str] | None = None, redo: list[str] | None = 
             if name == "download":
                 done = stage.run_all(store, recipe, ray_connected=isinstance(ex, RayExecutor))
             else:
-                pending = [s for s in store.shards() if not store.done(name, s)]
+                pending = [s for s in store.shards() if not store.done(name, s) and s not in failed]
                 if not pending:
                     log.info("stage %s: all %d shards already done", name, store.n_shards)
+                    write_failed_placeholders(store, name, stage.provides, failed)
                     continue
-                state = stage.prepare(store)
+                state = stage.prepare(without_shards(store, failed))
                 factory = functools.partial(build_stage, name, recipe)
                 done = ex.map_shards(factory, store, pending, state, desc=name)
+            failed |= record_failed_shards(store, name, done)
+            write_failed_placeholders(store, name, stage.provides, failed)
             timings[name] = round(time.perf_counter() - t0, 2)
             log.info("stage %s: %d shards in %.1fs", name, len(done), timings[name])
     finally:
@@ -104,7 +112,12 @@ def run(recipe: Recipe, only: list[str] | None = None, redo: list[str] | None = 
     summary = check_and_record(workdir, meta["n_rows"])
     summary["seconds"] = round(time.perf_counter() - t_start, 1)
     summary["stage_seconds"] = timings
+    summary["failed_shards"] = [{k: r[k] for k in ("stage", "shard", "error", "attempts")}
+                                for r in load_failed_shards(workdir)]
     atomic_write_json(summary, workdir / "summary.json")
     if not quiet:
         print(format_summary(summary))
+        for r in summary["failed_shards"]:
+            print(f"  shard {r['shard']} failed in stage {r['stage']} ({r['attempts']} attempts): "
+                  f"{r['error'].splitlines()[0]}; its rows are failed/shard_error; run again to retry it")
     return summary

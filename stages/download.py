@@ -85,7 +85,9 @@ class DownloadStage(Stage):
         return Resources(cpus=float(self.config.processes))
 
     # download is not mapped by an executor: img2dataset is its own distributed system.
-    def run_all(self, store: ColumnStore, recipe: Recipe, ray_connected: bool) -> list[int]:
+    def run_all(self, store: ColumnStore, recipe: Recipe, ray_connected: bool) -> list[dict]:
+        """One result per pending shard, like an executor's map_shards: a shard img2dataset could
+        not finish carries an `error` (the runner records it and accounts its rows as failed)."""
         cfg: DownloadConfig = self.config
         pending = [s for s in store.shards() if not store.done(self.name, s)]
         if not pending:
@@ -94,9 +96,15 @@ class DownloadStage(Stage):
         if any(not (raw / f"{shard_name(s)}_stats.json").exists() for s in pending):
             self._guard_inputs(store)
             self._img2dataset(store, recipe, raw, ray_connected)
+        results: list[dict] = []
         for s in pending:
-            atomic_write_parquet(self._convert(store, raw, s), store.path(self.name, s))
-        return pending
+            try:
+                atomic_write_parquet(self._convert(store, raw, s), store.path(self.name, s))
+                results.append({"shard": s})
+            except (OSError, RuntimeError, pa.ArrowException) as e:
+                log.error("download: shard %d: %s", s, e)
+                results.append({"shard": s, "error": f"{type(e).__name__}: {e}", "attempts": 1})
+        return results
 
     def _guard_inputs(self, store: ColumnStore) -> None:
         """Write each input shard as img2dataset will read it: blocked or non-http(s) URLs blanked,
