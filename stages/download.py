@@ -139,7 +139,10 @@ class DownloadStage(Stage):
         cfg: DownloadConfig = self.config
         distributor = cfg.distributor
         if distributor == "auto":
-            distributor = "ray" if (ray_connected and recipe.ray_address) else "multiprocessing"
+            # A cluster (an address from the recipe, --ray-address or RAY_ADDRESS, as under
+            # `ray job submit`) spreads downloads over its nodes; a local Ray does not need to.
+            address = recipe.ray_address or os.environ.get("RAY_ADDRESS")
+            distributor = "ray" if (ray_connected and address) else "multiprocessing"
         os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
         log.info("download: img2dataset over %d shards (%s, %d processes x %d threads)",
                  store.n_shards, distributor, cfg.processes, cfg.threads)
