@@ -8,6 +8,7 @@ test runs included).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -86,6 +87,7 @@ def cluster():
     finally:
         for p in reversed(procs):
             _stop(p)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_two_node_cluster_run_equals_local_run(cluster, local_run, corpus, tmp_path):
