@@ -300,3 +300,162 @@ def duplicated_by(uids: Any, keys: Mapping[str, Any], phash: Any = None, phash_v
             out[i] = f"dup_{name}"
         todo[hit] = False
     return out
+
+
+# ---- near-duplicate images from near_sig (filters/image.py) ----------------------------------
+#
+# pHash is luma-only and breaks under small crops; these scenes also collide at low resolution.
+# So: candidates are the k nearest neighbours of a coarse 8x8 block-mean vector (faiss: flat
+# below ~50k rows, HNSW above, never all pairs), and each candidate pair is verified by a strict
+# check: aspect ratios compatible with a crop of at most `max_crop` per side, similar texture
+# energy, and the 32x32 thumbnails equal within `max_diff` (largest per-pixel difference) after
+# aligning one to the other: the crop (left, right, top, bottom) is estimated per axis from the
+# column and row profiles and the thumbnail is resampled (it is band-limited, so bilinear
+# resampling is accurate). Groups are stars around representatives (see star_groups), so a
+# chain of pairwise-similar images never merges two different pictures.
+
+from filters.image import NEAR_GRID, NEAR_SIG_BYTES, NEAR_TEX_GRID  # noqa: E402
+
+NEAR_NEIGHBORS = 10
+NEAR_MAX_DIFF = 36.0
+NEAR_MAX_CROP = 0.06
+NEAR_MAX_TEXTURE = 20.0  # texture bytes (40 * ln(1 + energy)): 20 is a factor ~1.65
+_CROP_STEP = 0.01
+_EXACT_INDEX_MAX = 50_000
+
+
+def near_sigs(col: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(signatures uint8 [n, NEAR_SIG_BYTES], valid bool [n]) from a near_sig column."""
+    vals = col.to_pylist() if hasattr(col, "to_pylist") else list(col)
+    out = np.zeros((len(vals), NEAR_SIG_BYTES), np.uint8)
+    valid = np.zeros(len(vals), bool)
+    for i, v in enumerate(vals):
+        if v is not None and len(v) == NEAR_SIG_BYTES:
+            out[i] = np.frombuffer(v, np.uint8)
+            valid[i] = True
+    return out, valid
+
+
+def _thumbs(sigs: np.ndarray) -> np.ndarray:
+    return sigs[:, :NEAR_GRID * NEAR_GRID].reshape(-1, NEAR_GRID, NEAR_GRID).astype(np.float32)
+
+
+def near_candidates(sigs: np.ndarray, k: int = NEAR_NEIGHBORS) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (i < j) where one is among the other's k nearest neighbours on the 8x8
+    block means of the thumbnail (a crop of a few percent moves these little)."""
+    import faiss
+
+    n = len(sigs)
+    if n < 2:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    b = NEAR_GRID // 8
+    vec = np.ascontiguousarray(_thumbs(sigs).reshape(n, 8, b, 8, b).mean(axis=(2, 4)).reshape(n, 64))
+    index = faiss.IndexFlatL2(64) if n <= _EXACT_INDEX_MAX else faiss.IndexHNSWFlat(64, 32)
+    if isinstance(index, faiss.IndexHNSWFlat):
+        index.hnsw.efSearch = max(64, 4 * k)
+    index.add(vec)
+    kk = min(k + 1, n)
+    _, nbr = index.search(vec, kk)
+    src = np.repeat(np.arange(n, dtype=np.int64), kk)
+    dst = nbr.ravel().astype(np.int64)
+    keep = (dst >= 0) & (dst != src)
+    a, b2 = np.minimum(src[keep], dst[keep]), np.maximum(src[keep], dst[keep])
+    pair = np.unique(a * n + b2)
+    return pair // n, pair % n
+
+
+def _interp_matrices(n: int, max_crop: float) -> tuple[np.ndarray, np.ndarray]:
+    """Bilinear resampling matrices, one per (left, right) crop on a grid of _CROP_STEP: row j of
+    W maps target pixel j to the source pixels under it."""
+    grid = np.arange(0, max_crop + 1e-9 + _CROP_STEP, _CROP_STEP)
+    combos = np.array([(lo, hi) for lo in grid for hi in grid])
+    mats = np.zeros((len(combos), n, n), np.float32)
+    j = np.arange(n)
+    for c, (lo, hi) in enumerate(combos):
+        x = np.clip((lo + (1 - lo - hi) * (j + 0.5) / n) * n - 0.5, 0, n - 1)
+        i0 = np.floor(x).astype(int)
+        i1 = np.minimum(i0 + 1, n - 1)
+        f = (x - i0).astype(np.float32)
+        np.add.at(mats[c], (j, i0), 1 - f)
+        np.add.at(mats[c], (j, i1), f)
+    return combos, mats
+
+
+def _aligned_diff(src: np.ndarray, dst: np.ndarray, mats: np.ndarray) -> np.ndarray:
+    """Largest per-pixel difference between dst and src cropped and resampled onto dst's grid,
+    the crop chosen per axis from the column / row mean profiles."""
+    ex = np.abs(np.einsum("cij,pj->pci", mats, src.mean(axis=1)) - dst.mean(axis=1)[:, None]).mean(-1)
+    ey = np.abs(np.einsum("cij,pj->pci", mats, src.mean(axis=2)) - dst.mean(axis=2)[:, None]).mean(-1)
+    wx, wy = mats[ex.argmin(1)], mats[ey.argmin(1)]
+    warped = np.einsum("pij,pjk,plk->pil", wy, src, wx)
+    return np.abs(warped - dst).reshape(len(src), -1).max(axis=1)
+
+
+def near_verify(sigs: np.ndarray, log_aspect: np.ndarray, a: np.ndarray, b: np.ndarray, *,
+                max_diff: float = NEAR_MAX_DIFF, max_crop: float = NEAR_MAX_CROP,
+                max_texture: float = NEAR_MAX_TEXTURE, chunk: int = 4096) -> np.ndarray:
+    """bool mask over candidate pairs (a[i], b[i]): same picture up to re-encoding, resizing and
+    a crop of at most max_crop per side (either image may be the cropped one)."""
+    a = np.asarray(a, np.int64)
+    b = np.asarray(b, np.int64)
+    ok = np.abs(log_aspect[a] - log_aspect[b]) <= -np.log1p(-2 * max_crop) + 1e-6
+    tex = sigs[:, NEAR_GRID * NEAR_GRID:].astype(np.int16)
+    ok &= np.abs(tex[a] - tex[b]).max(axis=1) <= max_texture
+    idx = np.flatnonzero(ok)
+    if not len(idx):
+        return ok
+    _, mats = _interp_matrices(NEAR_GRID, max_crop)
+    for s in range(0, len(idx), chunk):
+        part = idx[s:s + chunk]
+        ta, tb = _thumbs(sigs[a[part]]), _thumbs(sigs[b[part]])
+        d = np.minimum(_aligned_diff(ta, tb, mats), _aligned_diff(tb, ta, mats))
+        ok[part] = d <= max_diff
+    return ok
+
+
+def star_groups(n: int, a: np.ndarray, b: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Centre index per row: rows are visited best first (`order`); an unassigned row becomes a
+    centre and takes every unassigned row it has an edge with. Every member is verified against
+    its own centre, so A~B~C never puts A and C together unless A~C too (no chaining)."""
+    centre = np.full(n, -1, np.int64)
+    if not len(a):
+        return np.arange(n, dtype=np.int64)
+    src = np.concatenate([a, b])
+    dst = np.concatenate([b, a])
+    srt = np.argsort(src, kind="stable")
+    src, dst = src[srt], dst[srt]
+    start = np.searchsorted(src, np.arange(n + 1))
+    has_edge = np.zeros(n, bool)
+    has_edge[src] = True
+    for i in order[has_edge[order]]:  # rows without edges stay their own centre
+        if centre[i] >= 0:
+            continue
+        centre[i] = i
+        nb = dst[start[i]:start[i + 1]]
+        nb = nb[centre[nb] < 0]
+        centre[nb] = i
+    centre[centre < 0] = np.flatnonzero(centre < 0)
+    return centre
+
+
+def near_dup_of(uids: Any, sigs: np.ndarray, valid: np.ndarray, log_aspect: np.ndarray, *,
+                area: Any = None, neighbors: int = NEAR_NEIGHBORS, max_diff: float = NEAR_MAX_DIFF,
+                max_crop: float = NEAR_MAX_CROP, max_texture: float = NEAR_MAX_TEXTURE
+                ) -> np.ndarray:
+    """Representative uid per row for near-duplicate images (rows without a valid signature keep
+    their own uid). Representative: largest area, then smallest uid."""
+    uids = np.asarray(uids, np.int64)
+    n = len(uids)
+    _check_len("near_sig", sigs, n)
+    area_arr = np.zeros(n) if area is None else np.nan_to_num(np.asarray(area, np.float64))
+    rows = np.flatnonzero(np.asarray(valid, bool))
+    out = uids.copy()
+    if len(rows) < 2:
+        return out
+    a, b = near_candidates(sigs[rows], neighbors)
+    ok = near_verify(sigs[rows], np.asarray(log_aspect, np.float64)[rows], a, b,
+                     max_diff=max_diff, max_crop=max_crop, max_texture=max_texture)
+    order = np.lexsort((uids[rows], -area_arr[rows]))
+    centre = star_groups(len(rows), a[ok], b[ok], order)
+    out[rows] = uids[rows][centre]
+    return out

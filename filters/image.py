@@ -25,8 +25,19 @@ _PHASH_REDUCE_TO = 64
 IMAGE_COLUMNS: tuple[str, ...] = (
     "decode_ok", "decode_error", "image_format", "image_mode", "width", "height", "short_side",
     "aspect_ratio", "byte_size", "exif_rotated", "is_animated", "sha256", "phash", "color_sig",
+    "near_sig",
 )
 SIG_GRID = 4  # color_sig: mean RGB over a 4x4 grid, 48 bytes
+# near_sig: a band-limited 32x32 luma thumbnail (1024 bytes) + texture energy on a 2x2 grid for
+# two gradient directions (8 bytes). Band-limiting (Gaussian blur before sampling) keeps the
+# thumbnail smooth, so dedup can resample it at a sub-pixel crop offset without aliasing:
+# textures finer than ~3 thumbnail pixels blur to their mean, and the texture bytes keep them apart.
+NEAR_GRID = 32
+NEAR_TEX_GRID = 2
+NEAR_SIG_BYTES = NEAR_GRID * NEAR_GRID + 2 * NEAR_TEX_GRID * NEAR_TEX_GRID
+_NEAR_WORK = 128       # texture is measured on a 128x128 resample (a fixed relative scale)
+_NEAR_BLUR = 0.6       # Gaussian sigma in thumbnail pixels
+_NEAR_TEX_SCALE = 40.0  # texture byte = 40 * ln(1 + mean |gradient|)
 
 # We enforce our own `max_pixels` from the header, so PIL's warning for images between its
 # limit and twice its limit is noise here (images above 2x still raise DecompressionBombError,
@@ -83,6 +94,15 @@ def _phash(im: Image.Image, orientation: int) -> str:
     return phash_hex(_transpose(small, orientation))
 
 
+def _near_sig(im: Image.Image, orientation: int) -> bytes:
+    # Same cheap integer reduce as pHash: the 128 px work image only needs ~2x oversampling.
+    small = im
+    short = min(im.size)
+    if short > 2 * _NEAR_WORK:
+        small = im.reduce(max(1, short // (2 * _NEAR_WORK)))
+    return near_signature(_transpose(small, orientation))
+
+
 def _color_signature(data: bytes, im: Image.Image, orientation: int) -> bytes:
     """Mean colour over a 4x4 grid (48 bytes): the colour layout pHash (luma only) cannot see.
     JPEGs were decoded to grey for pHash, so their colour comes from a 1/8-scale draft decode,
@@ -96,6 +116,30 @@ def _color_signature(data: bytes, im: Image.Image, orientation: int) -> bytes:
         rgb = rgb.convert("RGBA").convert("RGB") if rgb.mode in ("P", "PA", "LA") else rgb.convert("RGB")
     rgb = _transpose(rgb, orientation)
     return rgb.resize((SIG_GRID, SIG_GRID), Image.Resampling.BOX).tobytes()
+
+
+def near_signature(im: Image.Image) -> bytes:
+    """near_sig of a decoded image (any mode; orientation already applied): see NEAR_SIG_BYTES.
+
+    Both parts are measured relative to the image frame, so a resized copy gets (nearly) the same
+    bytes and a slightly cropped copy a slightly stretched thumbnail that dedup aligns."""
+    from PIL import ImageFilter
+
+    g = _to_8bit(im)
+    if g.mode == "P":
+        g = g.convert("RGBA")
+    g = g.convert("L")
+    work = g.resize((_NEAR_WORK, _NEAR_WORK), Image.Resampling.BOX)
+    arr = np.asarray(work, dtype=np.float32)
+    gx = np.abs(np.diff(arr, axis=1))[:-1, :]
+    gy = np.abs(np.diff(arr, axis=0))[:, :-1]
+    t, c = NEAR_TEX_GRID, (_NEAR_WORK - 1) // NEAR_TEX_GRID
+    cells = [d[:t * c, :t * c].reshape(t, c, t, c).mean(axis=(1, 3)) for d in (gx, gy)]
+    tex = np.clip(np.round(_NEAR_TEX_SCALE * np.log1p(np.stack(cells))), 0, 255).astype(np.uint8)
+    scale = _NEAR_WORK // NEAR_GRID
+    thumb = work.filter(ImageFilter.GaussianBlur(_NEAR_BLUR * scale)).resize(
+        (NEAR_GRID, NEAR_GRID), Image.Resampling.BOX)
+    return thumb.tobytes() + tex.tobytes()
 
 
 def color_distance(a: bytes | None, b: bytes | None) -> float:
@@ -166,7 +210,7 @@ def inspect_image(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> d
         "width": None, "height": None, "short_side": None, "aspect_ratio": None,
         "byte_size": len(data) if data else 0, "exif_rotated": False, "is_animated": False,
         "sha256": hashlib.sha256(data).hexdigest() if data else None, "phash": None,
-        "color_sig": None,
+        "color_sig": None, "near_sig": None,
     }
     if not data:
         out["decode_error"] = "empty"
@@ -202,6 +246,7 @@ def inspect_image(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> d
             gray = im
             out["phash"] = _phash(gray, orientation)
             out["color_sig"] = _color_signature(data, im, orientation)
+            out["near_sig"] = _near_sig(im, orientation)
             out["decode_ok"] = True
     except Exception as e:  # noqa: BLE001 - any decoder failure is a recorded reason
         out["decode_error"] = _classify_error(e, data)

@@ -21,7 +21,7 @@ IMAGE_COLUMNS: dict[str, pa.DataType] = {
     "image_mode": pa.string(), "width": pa.int32(), "height": pa.int32(), "short_side": pa.int32(),
     "aspect_ratio": pa.float32(), "byte_size": pa.int64(), "exif_rotated": pa.bool_(),
     "is_animated": pa.bool_(), "sha256": pa.string(), "phash": pa.string(),
-    "color_sig": pa.binary(),
+    "color_sig": pa.binary(), "near_sig": pa.binary(),
 }
 TEXT_COLUMNS: dict[str, pa.DataType] = {
     "caption_clean": pa.string(), "lang": pa.string(), "caption_key": pa.int64(),

@@ -16,7 +16,8 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from filters.dedup import dup_of, pair_codes
+from filters.dedup import (NEAR_MAX_CROP, NEAR_MAX_DIFF, NEAR_MAX_TEXTURE, NEAR_NEIGHBORS, dup_of,
+                           near_dup_of, near_sigs, pair_codes)
 from filters.hashing import phash_to_uint64
 from filters.image import color_distance
 from pipeline.stage import Resources, Stage
@@ -29,7 +30,16 @@ class DedupConfig(BaseModel):
 
     # Exact keys, in the order their reason is reported.
     exact: list[Literal["url", "sha256", "caption", "caption_image"]] = ["url", "sha256", "caption_image"]
-    # pHash Hamming distance for near-duplicate images (None: off).
+    # Near-duplicate images: "signature" (near_sig thumbnails, aligned and verified; falls back to
+    # pHash on runs annotated before near_sig existed), "phash", or "off".
+    near: Literal["signature", "phash", "off"] = "signature"
+    # signature: nearest neighbours checked per row; largest per-pixel difference (0-255) of the
+    # aligned 32x32 thumbnails; largest crop per side; largest texture-byte difference.
+    near_neighbors: int = Field(NEAR_NEIGHBORS, ge=1, le=100)
+    near_max_diff: float = Field(NEAR_MAX_DIFF, ge=0, le=255)
+    near_max_crop: float = Field(NEAR_MAX_CROP, ge=0, le=0.2)
+    near_max_texture: float = Field(NEAR_MAX_TEXTURE, ge=0, le=255)
+    # near: phash: pHash Hamming distance (None: off).
     phash_max_distance: int | None = Field(4, ge=0, le=16)
     # Second check on pHash candidates: mean absolute difference (0-255) of the 4x4 colour
     # signatures. pHash is luma-only and collides on low-detail images (None: no check).
@@ -63,8 +73,14 @@ def compute_dups(t: pa.Table, cfg: DedupConfig) -> tuple[np.ndarray, list[str | 
     available = {"url": _codes(t.column("url").to_pylist()), "sha256": sha, "caption": cap,
                  "caption_image": pair_codes(cap, sha) if cap is not None and sha is not None else None}
     keys = {k: available[k] for k in cfg.exact if available.get(k) is not None}
+    if cfg.near == "signature" and "near_sig" in cols:
+        reps = _signature_dups(t, uids, keys, ok, w, h, area, cfg)
+        reason = _reasons(uids, reps, keys, None, None, cfg, area, near_reason="dup_near")
+        if cfg.semantic_threshold is not None and "img_emb" in cols:
+            reps, reason = _semantic(t, uids, reps, reason, cfg)
+        return reps, reason
     phash = valid = None
-    if cfg.phash_max_distance is not None and "phash" in cols:
+    if cfg.near != "off" and cfg.phash_max_distance is not None and "phash" in cols:
         phash, valid = phash_to_uint64(t.column("phash").to_pylist())
         valid &= ok
     verify = None
@@ -80,7 +96,22 @@ def compute_dups(t: pa.Table, cfg: DedupConfig) -> tuple[np.ndarray, list[str | 
     return reps, reason
 
 
-def _reasons(uids, reps, keys, phash, valid, cfg, area) -> list[str | None]:
+def _signature_dups(t: pa.Table, uids: np.ndarray, keys: dict, ok: np.ndarray, w: np.ndarray,
+                    h: np.ndarray, area: np.ndarray, cfg: DedupConfig) -> np.ndarray:
+    """Exact groups first (transitive by nature), then near-duplicate stars among their
+    representatives: only kept images can make another image redundant."""
+    reps = dup_of(uids, area=area, keys=keys, max_distance=None)
+    sigs, valid = near_sigs(t.column("near_sig"))
+    valid &= ok & (reps == uids) & (w > 0) & (h > 0)
+    log_aspect = np.log(np.where(valid, w, 1) / np.where(valid, h, 1))
+    near = near_dup_of(uids, sigs, valid, log_aspect, area=area, neighbors=cfg.near_neighbors,
+                       max_diff=cfg.near_max_diff, max_crop=cfg.near_max_crop,
+                       max_texture=cfg.near_max_texture)
+    pos = np.searchsorted(uids, reps, sorter=np.argsort(uids))
+    return near[np.argsort(uids)[pos]]
+
+
+def _reasons(uids, reps, keys, phash, valid, cfg, area, near_reason: str = "dup_phash") -> list[str | None]:
     """Name each non-representative by the first key under which it equals another row."""
     out: list[str | None] = [None] * len(uids)
     todo = reps != uids
@@ -94,7 +125,7 @@ def _reasons(uids, reps, keys, phash, valid, cfg, area) -> list[str | None]:
             out[i] = f"dup_{name}"
         todo &= ~hit
     for i in np.flatnonzero(todo):
-        out[i] = "dup_phash"
+        out[i] = near_reason
     return out
 
 
@@ -132,7 +163,9 @@ class DedupStage(Stage):
 
     def prepare(self, store) -> dict:
         avail = store.column_sources("dedup")
-        wanted = ["url", "decode_ok", "width", "height", "sha256", "caption_key", "phash", "color_sig",
+        near = {"signature": ["near_sig", "phash", "color_sig"], "phash": ["phash", "color_sig"],
+                "off": []}[self.config.near]
+        wanted = ["url", "decode_ok", "width", "height", "sha256", "caption_key", *near,
                   "img_emb", "clip_score", "clip_model"]
         if self.config.semantic_threshold is None:
             wanted = wanted[:-3]
