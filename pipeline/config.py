@@ -112,6 +112,29 @@ class ExportConfig(Strict):
     jpeg_quality: int = Field(95, ge=1, le=100, description="re-encode quality for non-JPEG images")
 
 
+class BootstrapConfig(Strict):
+    """`mmcurate bootstrap`: rounds in which each round's model filters and captions the next."""
+
+    rounds: int = Field(2, ge=1)
+    # Round 0's scorer: "rules" drops the model stages; "recipe" runs the recipe's own score and
+    # capfilt sections (e.g. a pretrained CLIP or BLIP the user has).
+    round0: Literal["rules", "recipe"] = "rules"
+    model: str = Field("tiny", description="ALBEF config name or YAML path for every round's model")
+    train_steps: int = Field(300, ge=1, description="steps for each round's fresh model")
+    head_steps: int = Field(60, ge=0, description="fine-tune steps for the filter and captioner copies")
+    batch_size: int | None = Field(None, ge=1)
+    lr: float | None = Field(None, gt=0)
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    eval_split: str | None = Field(None, description="held-out parquet (synth: corpus/test/test.parquet)")
+    eval_max_images: int | None = Field(None, ge=1)
+    eval_lang: Literal["en", "zh", "both"] = "both"
+    # Settings merged into later rounds' score / capfilt / select sections (the model paths are
+    # filled in by the bootstrap), e.g. select: {keep_top_fraction: 0.8}.
+    score: dict[str, Any] = {}
+    capfilt: dict[str, Any] = {}
+    select: dict[str, Any] = {}
+
+
 # Sections of model stages are validated by the stage's own config class (imported only when the
 # stage is in the recipe, so a rules-only recipe never imports torch).
 MODEL_STAGE_CONFIGS = {"score": "stages.score:ScoreConfig", "capfilt": "stages.capfilt:CapfiltConfig",
@@ -133,6 +156,7 @@ class Recipe(Strict):
     capfilt: Any = None
     select: SelectConfig = SelectConfig()
     export: ExportConfig = ExportConfig()
+    bootstrap: BootstrapConfig | None = None
 
     @field_validator("stages")
     @classmethod
@@ -200,6 +224,9 @@ def recipe_from_dict(data: Any, source: str = "<dict>", base_dir: Path | None = 
             recipe.workdir = str((base_dir / recipe.workdir).resolve())
         if recipe.capfilt is not None:
             recipe.capfilt.resolve_paths(base_dir)
+        b = recipe.bootstrap
+        if b is not None and b.eval_split and not Path(b.eval_split).is_absolute():
+            b.eval_split = str((base_dir / b.eval_split).resolve())
         if recipe.score is not None:
             for spec in recipe.score.backends.values():
                 if spec.path and "://" not in spec.path and not Path(spec.path).is_absolute() \

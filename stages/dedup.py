@@ -136,7 +136,13 @@ def _semantic(t, uids, reps, reason, cfg):
     keep = np.flatnonzero((reps == uids) & np.array([v is not None for v in emb_col.to_pylist()]))
     if len(keep) < 2:
         return reps, reason
-    emb = np.stack([np.asarray(emb_col[int(i)].as_py(), np.float32) for i in keep])
+    vecs = [np.asarray(emb_col[int(i)].as_py(), np.float32) for i in keep]
+    # Backends of different sizes: zero-pad to one width; rows only match within their model
+    # (groups below), and padding changes no norm or dot product there.
+    width = max(len(v) for v in vecs)
+    emb = np.zeros((len(vecs), width), np.float32)
+    for row, v in enumerate(vecs):
+        emb[row, :len(v)] = v
     prio = np.array([np.nan if v is None else v for v in t.column("clip_score").to_pylist()], float)[keep] \
         if "clip_score" in t.column_names else None
     groups = np.array(t.column("clip_model").to_pylist(), dtype=object)[keep] \

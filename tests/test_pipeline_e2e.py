@@ -100,7 +100,9 @@ def test_changed_threshold_reruns_select_only(local_run, corpus, tmp_path):
     s2 = run(r, quiet=True)
     assert (copy / "annotate" / "00000.parquet").stat().st_mtime_ns == before
     assert s2["kept"] == 0 and s2["balanced"]
-    assert s2["rejected_by_reason"]["small_image"] == s["kept"] + s["rejected_by_reason"].get("small_image", 0)
+    # the size rule is the first rejection rule: every usable row now fails it
+    assert s2["rejected_by_reason"] == {"small_image": s["kept"] + s["rejected"]}
+    assert s2["failed_by_reason"] == s["failed_by_reason"]
 
 
 def test_ray_executor_matches_local(local_run, corpus, tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -64,16 +65,27 @@ def train(config: AlbefConfig | str | Path, data, out: str | Path, *, steps: int
           epochs: float | None = None, batch_size: int | None = None, lr: float | None = None,
           resume: bool = False, ray_address: str | None = None, num_workers: int | None = None,
           use_gpu: bool = False, loader_workers: int | None = None, save_every: int | None = None,
-          progress: bool = True, stop_at: int | None = None) -> dict[str, Any]:
+          progress: bool = True, stop_at: int | None = None, init_from: str | Path | None = None,
+          overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train on WebDataset shards `data` (dir, tar, glob or list) and write checkpoints to `out`.
 
     Runs in this process unless `num_workers` or `ray_address` is given, in which case Ray Train
     starts `num_workers` DDP workers (default 1) on the cluster. `stop_at` ends the run (after
     saving) at that step while keeping the schedule of the full run, as an interruption would;
-    continue with `resume=True`. Returns the final metrics:
+    continue with `resume=True`. `init_from` starts from another checkpoint's weights, config
+    and tokenizer (a fine-tune, e.g. the bootstrap's separate filter and captioner copies) with
+    top-level config `overrides` such as {"loss_weights": {...}}. Returns the final metrics:
     {"step", "losses": per-step total losses, "last": last loss terms, "bad_samples"}.
     """
     cfg = config if isinstance(config, AlbefConfig) else load_config(config)
+    if init_from is not None:
+        init_from = Path(init_from).resolve()
+        if not (init_from / "model.pt").exists():
+            raise FileNotFoundError(f"init_from {init_from} is not a checkpoint (no model.pt)")
+        base = AlbefConfig.from_json((init_from / "config.json").read_text())
+        cfg = base.model_copy(update={"train": cfg.train})
+    if overrides:
+        cfg = cfg.model_copy(update=overrides)
     t = cfg.train
     updates = {k: v for k, v in (("batch_size", batch_size), ("lr", lr),
                                  ("loader_workers", loader_workers), ("save_every", save_every))
@@ -87,14 +99,17 @@ def train(config: AlbefConfig | str | Path, data, out: str | Path, *, steps: int
     if resume and (out / "config.json").exists():
         saved = AlbefConfig.from_json((out / "config.json").read_text())
         cfg = saved.model_copy(update={"train": cfg.train})
-    tok = prepare_tokenizer(cfg, data, out, resume)
+    if init_from is not None and not (out / "tokenizer").is_dir():
+        shutil.copytree(init_from / "tokenizer", out / "tokenizer")
+    tok = prepare_tokenizer(cfg, data, out, resume or init_from is not None)
     cfg = cfg.model_copy(update={"text": cfg.text.model_copy(update={"vocab_size": tok.vocab_size})})
     C.save_config(out, cfg)
     if steps is None and epochs is None:
         epochs = 1
     args = dict(cfg_json=cfg.to_json(), data=[str(p) for p in data] if isinstance(data, list) else str(data),
                 out=str(out), steps=steps, epochs=epochs, resume=resume, use_gpu=use_gpu,
-                progress=progress, stop_at=stop_at)
+                progress=progress, stop_at=stop_at,
+                init_from=str(init_from) if init_from is not None else None)
     if num_workers is None and ray_address is None:
         return _loop(**args)
     return _ray_train(args, num_workers or 1, ray_address, use_gpu)
@@ -129,7 +144,8 @@ def _ray_worker(args: dict) -> None:
 
 
 def _loop(cfg_json: str, data, out: str, steps: int | None, epochs: float | None, resume: bool,
-          use_gpu: bool, progress: bool, stop_at: int | None = None) -> dict[str, Any]:
+          use_gpu: bool, progress: bool, stop_at: int | None = None,
+          init_from: str | None = None) -> dict[str, Any]:
     cfg = AlbefConfig.from_json(cfg_json)
     t = cfg.train
     out_dir = Path(out)
@@ -144,7 +160,11 @@ def _loop(cfg_json: str, data, out: str, steps: int | None, epochs: float | None
 
     tok = TextTokenizer.load(out_dir / "tokenizer")
     resuming = resume and (out_dir / "train_state.pt").exists()
-    model = build_model(cfg, tok, fresh=not resuming).to(device)
+    model = build_model(cfg, tok, fresh=not resuming and init_from is None)
+    if init_from is not None and not resuming:
+        weights = torch.load(Path(init_from) / "model.pt", map_location="cpu", weights_only=True)
+        model.load_state_dict(weights["model"])
+    model = model.to(device)
     ds = ShardDataset(data, load_size=t.load_size, seed=t.seed)
     sampler = EpochSampler(len(ds), t.batch_size, rank, world, seed=t.seed)
     per_epoch = sampler.batches_per_epoch
