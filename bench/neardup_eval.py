@@ -62,15 +62,28 @@ def quality(corpus: str, run: str, neighbors: int, max_diff: float) -> None:
     print(f"candidate recall {len(truth & cand)}/{len(truth)}; verified recall {len(truth & ver)}/{len(truth)}; "
           f"false verified pairs {len(false)} of {len(cand) - len(truth & cand)} negative candidates")
     # Per-pair diff of the labelled pairs, to see the margin under max_diff.
-    ta, tb = np.array(sorted(truth)).T
     mats = D._interp_matrices(NEAR_GRID, D.NEAR_MAX_CROP)[1]
-    th = D._thumbs(sigs[rows])
-    d = np.minimum(D._aligned_diff(th[ta], th[tb], mats), D._aligned_diff(th[tb], th[ta], mats))
-    print(f"labelled pairs: aligned max diff q50/q95/max {np.quantile(d, [0.5, 0.95, 1]).round(1).tolist()}")
+    cmats = D._interp_matrices(D.NEAR_CHROMA_GRID, D.NEAR_MAX_CROP)[1]
+    th, ch = D._thumbs(sigs[rows]), D._chroma(sigs[rows])
+
+    def diffs(pa_: np.ndarray, pb_: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        l1, c1 = D._aligned_diff(th[pa_], th[pb_], mats, (ch[pa_], ch[pb_], cmats))
+        l2, c2 = D._aligned_diff(th[pb_], th[pa_], mats, (ch[pb_], ch[pa_], cmats))
+        first = l1 <= l2
+        return np.where(first, l1, l2), np.where(first, c1, c2)
+
+    d, c = diffs(*np.array(sorted(truth)).T)
+    print(f"labelled pairs: aligned luma max diff q50/q95/max {np.quantile(d, [0.5, 0.95, 1]).round(1).tolist()}, "
+          f"chroma q50/q95/max {np.quantile(c, [0.5, 0.95, 1]).round(1).tolist()}")
+    negs = [(i, j) for i, j in cand if iid[i] != iid[j]]
+    nd, nc = diffs(*np.array(negs).T)
+    print(f"negative candidates passing luma <= {max_diff}: {(nd <= max_diff).sum()}, of those chroma "
+          f"q01/q05/q50 {np.quantile(nc[nd <= max_diff], [0.01, 0.05, 0.5]).round(1).tolist()}")
     if false:
         fa, fb = np.array(false).T
-        fd = np.minimum(D._aligned_diff(th[fa], th[fb], mats), D._aligned_diff(th[fb], th[fa], mats))
-        print(f"false pairs: aligned max diff min/q50 {fd.min():.1f}/{np.median(fd):.1f}")
+        fd, fc = diffs(fa, fb)
+        print(f"false pairs: aligned luma max diff min/q50 {fd.min():.1f}/{np.median(fd):.1f}; chroma min/q50 "
+              f"{fc.min():.1f}/{np.median(fc):.1f}")
         cols = ["shape", "color", "size", "position", "count", "background"]
         for i, j in false[:8]:
             x, y = labels.loc[uids[rows][i], cols].tolist(), labels.loc[uids[rows][j], cols].tolist()

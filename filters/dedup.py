@@ -314,12 +314,14 @@ def duplicated_by(uids: Any, keys: Mapping[str, Any], phash: Any = None, phash_v
 # resampling is accurate). Groups are stars around representatives (see star_groups), so a
 # chain of pairwise-similar images never merges two different pictures.
 
-from filters.image import NEAR_GRID, NEAR_SIG_BYTES, NEAR_TEX_GRID  # noqa: E402
+from filters.image import NEAR_CHROMA_GRID, NEAR_GRID, NEAR_SIG_BYTES, NEAR_TEX_GRID  # noqa: E402
 
 NEAR_NEIGHBORS = 10
 NEAR_MAX_DIFF = 36.0
 NEAR_MAX_CROP = 0.06
 NEAR_MAX_TEXTURE = 20.0  # texture bytes (40 * ln(1 + energy)): 20 is a factor ~1.65
+NEAR_MAX_CHROMA = 18.0
+_TEX_END = NEAR_GRID * NEAR_GRID + 2 * NEAR_TEX_GRID * NEAR_TEX_GRID
 _CROP_STEP = 0.01
 _EXACT_INDEX_MAX = 50_000
 
@@ -381,35 +383,54 @@ def _interp_matrices(n: int, max_crop: float) -> tuple[np.ndarray, np.ndarray]:
     return combos, mats
 
 
-def _aligned_diff(src: np.ndarray, dst: np.ndarray, mats: np.ndarray) -> np.ndarray:
+def _chroma(sigs: np.ndarray) -> np.ndarray:
+    c = NEAR_CHROMA_GRID
+    return sigs[:, _TEX_END:_TEX_END + 2 * c * c].reshape(-1, 2, c, c).astype(np.float32)
+
+
+def _aligned_diff(src: np.ndarray, dst: np.ndarray, mats: np.ndarray,
+                  chroma: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+                  ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Largest per-pixel difference between dst and src cropped and resampled onto dst's grid,
-    the crop chosen per axis from the column / row mean profiles."""
+    the crop chosen per axis from the column / row mean profiles of the luma thumbnails.
+    With chroma=(src_chroma, dst_chroma, chroma_mats), also the largest chroma difference
+    under the same crop."""
     ex = np.abs(np.einsum("cij,pj->pci", mats, src.mean(axis=1)) - dst.mean(axis=1)[:, None]).mean(-1)
     ey = np.abs(np.einsum("cij,pj->pci", mats, src.mean(axis=2)) - dst.mean(axis=2)[:, None]).mean(-1)
-    wx, wy = mats[ex.argmin(1)], mats[ey.argmin(1)]
-    warped = np.einsum("pij,pjk,plk->pil", wy, src, wx)
-    return np.abs(warped - dst).reshape(len(src), -1).max(axis=1)
+    bx, by = ex.argmin(1), ey.argmin(1)
+    warped = np.einsum("pij,pjk,plk->pil", mats[by], src, mats[bx])
+    luma = np.abs(warped - dst).reshape(len(src), -1).max(axis=1)
+    if chroma is None:
+        return luma
+    cs, cd, cm = chroma
+    cw = np.einsum("pij,pcjk,plk->pcil", cm[by], cs, cm[bx])
+    return luma, np.abs(cw - cd).reshape(len(src), -1).max(axis=1)
 
 
 def near_verify(sigs: np.ndarray, log_aspect: np.ndarray, a: np.ndarray, b: np.ndarray, *,
                 max_diff: float = NEAR_MAX_DIFF, max_crop: float = NEAR_MAX_CROP,
-                max_texture: float = NEAR_MAX_TEXTURE, chunk: int = 4096) -> np.ndarray:
+                max_texture: float = NEAR_MAX_TEXTURE, max_chroma: float = NEAR_MAX_CHROMA,
+                chunk: int = 4096) -> np.ndarray:
     """bool mask over candidate pairs (a[i], b[i]): same picture up to re-encoding, resizing and
     a crop of at most max_crop per side (either image may be the cropped one)."""
     a = np.asarray(a, np.int64)
     b = np.asarray(b, np.int64)
     ok = np.abs(log_aspect[a] - log_aspect[b]) <= -np.log1p(-2 * max_crop) + 1e-6
-    tex = sigs[:, NEAR_GRID * NEAR_GRID:].astype(np.int16)
+    tex = sigs[:, NEAR_GRID * NEAR_GRID:_TEX_END].astype(np.int16)
     ok &= np.abs(tex[a] - tex[b]).max(axis=1) <= max_texture
     idx = np.flatnonzero(ok)
     if not len(idx):
         return ok
     _, mats = _interp_matrices(NEAR_GRID, max_crop)
+    _, cmats = _interp_matrices(NEAR_CHROMA_GRID, max_crop)
     for s in range(0, len(idx), chunk):
         part = idx[s:s + chunk]
         ta, tb = _thumbs(sigs[a[part]]), _thumbs(sigs[b[part]])
-        d = np.minimum(_aligned_diff(ta, tb, mats), _aligned_diff(tb, ta, mats))
-        ok[part] = d <= max_diff
+        ca, cb = _chroma(sigs[a[part]]), _chroma(sigs[b[part]])
+        # Either image may be the cropped one: a pair passes if one direction fits.
+        l1, c1 = _aligned_diff(ta, tb, mats, (ca, cb, cmats))
+        l2, c2 = _aligned_diff(tb, ta, mats, (cb, ca, cmats))
+        ok[part] = ((l1 <= max_diff) & (c1 <= max_chroma)) | ((l2 <= max_diff) & (c2 <= max_chroma))
     return ok
 
 
@@ -440,8 +461,8 @@ def star_groups(n: int, a: np.ndarray, b: np.ndarray, order: np.ndarray) -> np.n
 
 def near_dup_of(uids: Any, sigs: np.ndarray, valid: np.ndarray, log_aspect: np.ndarray, *,
                 area: Any = None, neighbors: int = NEAR_NEIGHBORS, max_diff: float = NEAR_MAX_DIFF,
-                max_crop: float = NEAR_MAX_CROP, max_texture: float = NEAR_MAX_TEXTURE
-                ) -> np.ndarray:
+                max_crop: float = NEAR_MAX_CROP, max_texture: float = NEAR_MAX_TEXTURE,
+                max_chroma: float = NEAR_MAX_CHROMA) -> np.ndarray:
     """Representative uid per row for near-duplicate images (rows without a valid signature keep
     their own uid). Representative: largest area, then smallest uid."""
     uids = np.asarray(uids, np.int64)
@@ -454,7 +475,8 @@ def near_dup_of(uids: Any, sigs: np.ndarray, valid: np.ndarray, log_aspect: np.n
         return out
     a, b = near_candidates(sigs[rows], neighbors)
     ok = near_verify(sigs[rows], np.asarray(log_aspect, np.float64)[rows], a, b,
-                     max_diff=max_diff, max_crop=max_crop, max_texture=max_texture)
+                     max_diff=max_diff, max_crop=max_crop, max_texture=max_texture,
+                     max_chroma=max_chroma)
     order = np.lexsort((uids[rows], -area_arr[rows]))
     centre = star_groups(len(rows), a[ok], b[ok], order)
     out[rows] = uids[rows][centre]

@@ -32,9 +32,12 @@ SIG_GRID = 4  # color_sig: mean RGB over a 4x4 grid, 48 bytes
 # two gradient directions (8 bytes). Band-limiting (Gaussian blur before sampling) keeps the
 # thumbnail smooth, so dedup can resample it at a sub-pixel crop offset without aliasing:
 # textures finer than ~3 thumbnail pixels blur to their mean, and the texture bytes keep them apart.
+# Then Cb and Cr thumbnails at 16x16 (512 bytes), band-limited the same way: luma alone lets a
+# red shape match a green one of the same brightness.
 NEAR_GRID = 32
 NEAR_TEX_GRID = 2
-NEAR_SIG_BYTES = NEAR_GRID * NEAR_GRID + 2 * NEAR_TEX_GRID * NEAR_TEX_GRID
+NEAR_CHROMA_GRID = 16
+NEAR_SIG_BYTES = NEAR_GRID * NEAR_GRID + 2 * NEAR_TEX_GRID * NEAR_TEX_GRID + 2 * NEAR_CHROMA_GRID ** 2
 _NEAR_WORK = 128       # texture is measured on a 128x128 resample (a fixed relative scale)
 _NEAR_BLUR = 0.6       # Gaussian sigma in thumbnail pixels
 _NEAR_TEX_SCALE = 40.0  # texture byte = 40 * ln(1 + mean |gradient|)
@@ -94,19 +97,24 @@ def _phash(im: Image.Image, orientation: int) -> str:
     return phash_hex(_transpose(small, orientation))
 
 
-def _near_sig(im: Image.Image, orientation: int) -> bytes:
+def _near_sig(im: Image.Image, orientation: int, rgb: Image.Image) -> bytes:
     # Same cheap integer reduce as pHash: the 128 px work image only needs ~2x oversampling.
     small = im
     short = min(im.size)
     if short > 2 * _NEAR_WORK:
         small = im.reduce(max(1, short // (2 * _NEAR_WORK)))
-    return near_signature(_transpose(small, orientation))
+    return near_signature(_transpose(small, orientation), rgb)
 
 
 def _color_signature(data: bytes, im: Image.Image, orientation: int) -> bytes:
-    """Mean colour over a 4x4 grid (48 bytes): the colour layout pHash (luma only) cannot see.
-    JPEGs were decoded to grey for pHash, so their colour comes from a 1/8-scale draft decode,
-    which costs a small fraction of the full decode."""
+    """Mean colour over a 4x4 grid (48 bytes): the colour layout pHash (luma only) cannot see."""
+    return _small_rgb(data, im, orientation).resize((SIG_GRID, SIG_GRID), Image.Resampling.BOX).tobytes()
+
+
+def _small_rgb(data: bytes, im: Image.Image, orientation: int) -> Image.Image:
+    """The image in RGB for colour stats, orientation applied. JPEGs were decoded to grey for
+    pHash, so their colour comes from a 1/8-scale draft decode, which costs a small fraction of
+    the full decode."""
     if im.format == "JPEG" and im.mode == "L":
         with Image.open(io.BytesIO(data)) as small:
             small.draft("RGB", (max(1, small.size[0] // 8), max(1, small.size[1] // 8)))
@@ -114,11 +122,10 @@ def _color_signature(data: bytes, im: Image.Image, orientation: int) -> bytes:
     else:
         rgb = _to_8bit(im)
         rgb = rgb.convert("RGBA").convert("RGB") if rgb.mode in ("P", "PA", "LA") else rgb.convert("RGB")
-    rgb = _transpose(rgb, orientation)
-    return rgb.resize((SIG_GRID, SIG_GRID), Image.Resampling.BOX).tobytes()
+    return _transpose(rgb, orientation)
 
 
-def near_signature(im: Image.Image) -> bytes:
+def near_signature(im: Image.Image, rgb: Image.Image | None = None) -> bytes:
     """near_sig of a decoded image (any mode; orientation already applied): see NEAR_SIG_BYTES.
 
     Both parts are measured relative to the image frame, so a resized copy gets (nearly) the same
@@ -139,7 +146,15 @@ def near_signature(im: Image.Image) -> bytes:
     scale = _NEAR_WORK // NEAR_GRID
     thumb = work.filter(ImageFilter.GaussianBlur(_NEAR_BLUR * scale)).resize(
         (NEAR_GRID, NEAR_GRID), Image.Resampling.BOX)
-    return thumb.tobytes() + tex.tobytes()
+    if rgb is None:
+        rgb = g.convert("RGB")
+    cw = 4 * NEAR_CHROMA_GRID
+    ycc = rgb.convert("RGB").resize((cw, cw), Image.Resampling.BILINEAR).convert("YCbCr")
+    # PIL blurs only RGB-like modes: the YCbCr planes are blurred as if they were RGB.
+    ycc = Image.frombytes("RGB", ycc.size, ycc.tobytes()).filter(ImageFilter.GaussianBlur(_NEAR_BLUR * 4)).resize(
+        (NEAR_CHROMA_GRID, NEAR_CHROMA_GRID), Image.Resampling.BOX)
+    chroma = np.asarray(ycc, np.uint8)[:, :, 1:].transpose(2, 0, 1)
+    return thumb.tobytes() + tex.tobytes() + chroma.tobytes()
 
 
 def color_distance(a: bytes | None, b: bytes | None) -> float:
@@ -245,8 +260,9 @@ def inspect_image(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> d
             im.load()
             gray = im
             out["phash"] = _phash(gray, orientation)
-            out["color_sig"] = _color_signature(data, im, orientation)
-            out["near_sig"] = _near_sig(im, orientation)
+            rgb = _small_rgb(data, im, orientation)
+            out["color_sig"] = rgb.resize((SIG_GRID, SIG_GRID), Image.Resampling.BOX).tobytes()
+            out["near_sig"] = _near_sig(im, orientation, rgb)
             out["decode_ok"] = True
     except Exception as e:  # noqa: BLE001 - any decoder failure is a recorded reason
         out["decode_error"] = _classify_error(e, data)
