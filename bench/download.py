@@ -65,7 +65,7 @@ def main() -> None:
             recipe = recipe_from_dict({"input": {"path": str(urls)}, "workdir": str(wd), "executor": "local",
                                        "shard_size": args.shard_size, "stages": ["download"],
                                        "download": {"processes": args.processes, "threads": args.threads,
-                                                    "timeout": args.timeout}})
+                                                    "timeout": args.timeout, "allow_private": ["loopback"]}})
             t0 = time.perf_counter()
             run(recipe, quiet=True)  # ingest + img2dataset + per-row status conversion
             ours.append(args.rows / (time.perf_counter() - t0))

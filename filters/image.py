@@ -220,6 +220,8 @@ def inspect_image(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> d
     "corrupt" (anything else the decoder rejects). Size stats are filled whenever the header was
     readable, even for bombs and truncated bodies, so select can report them.
     """
+    if data is not None and not isinstance(data, (bytes, bytearray, memoryview)):
+        data = b""  # not bytes at all (e.g. a str): recorded as an empty body, never a crash
     out: dict[str, Any] = {
         "decode_ok": False, "decode_error": None, "image_format": None, "image_mode": None,
         "width": None, "height": None, "short_side": None, "aspect_ratio": None,

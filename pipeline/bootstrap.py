@@ -51,26 +51,70 @@ def _link_tree(src: Path, dst: Path) -> None:
 def round_recipe(base: dict[str, Any], bcfg: BootstrapConfig, root: Path, r: int) -> dict[str, Any]:
     """The recipe a round runs: round 0 as configured (minus model stages when it is rules-only),
     later rounds with the previous round's filter and captioner plugged in."""
-    d = json.loads(json.dumps(base))
-    d["workdir"] = str(round_dir(root, r) / "run")
-    d.pop("bootstrap", None)
-    stages = list(d.get("stages") or Recipe.model_fields["stages"].default)
+    workdir = round_dir(root, r) / "run"
     if r == 0:
+        d = json.loads(json.dumps(base))
+        d.pop("bootstrap", None)
+        d["workdir"] = str(workdir)
         if bcfg.round0 == "rules":
-            stages = [s for s in stages if s not in ("score", "capfilt")]
+            d["stages"] = [s for s in d.get("stages") or Recipe.model_fields["stages"].default
+                           if s not in ("score", "capfilt")]
             d.pop("score", None)
             d.pop("capfilt", None)
-    else:
-        prev = round_dir(root, r - 1)
-        stages = [s for s in STAGE_ORDER if s in set(stages) | {"score", "capfilt"}]
-        d["score"] = {"device": bcfg.device, **bcfg.score,
-                      "backends": {"*": {"kind": "mmcurate", "path": str(prev / "filter")}}}
+        return d
+    return model_recipe(base, bcfg, round_dir(root, r - 1), workdir)
+
+
+def model_recipe(base: dict[str, Any], bcfg: BootstrapConfig, prev: Path, workdir: Path,
+                 capfilt: bool = True) -> dict[str, Any]:
+    """A recipe scored (and, with `capfilt`, captioned) by the models a round left in `prev`."""
+    d = json.loads(json.dumps(base))
+    d.pop("bootstrap", None)
+    d["workdir"] = str(workdir)
+    stages = set(d.get("stages") or Recipe.model_fields["stages"].default) | {"score"}
+    stages = stages | {"capfilt"} if capfilt else stages - {"capfilt"}
+    d["stages"] = [s for s in STAGE_ORDER if s in stages]
+    d["score"] = {"device": bcfg.device, **bcfg.score,
+                  "backends": {"*": {"kind": "mmcurate", "path": str(prev / "filter")}}}
+    if capfilt:
         d["capfilt"] = {"device": bcfg.device, **bcfg.capfilt,
                         "captioner": {"kind": "albef", "path": str(prev / "captioner")},
                         "filter": {"kind": "albef", "path": str(prev / "filter")}}
-        d["select"] = {**(d.get("select") or {}), **bcfg.select}
-    d["stages"] = stages
+    else:
+        d.pop("capfilt", None)
+    d["select"] = {**(d.get("select") or {}), **bcfg.select}
     return d
+
+
+def run_round(recipe_dict: dict[str, Any], bcfg: BootstrapConfig, rdir: Path, labels: Path | None,
+              name: str, round_id: int | str) -> dict[str, Any]:
+    """Curate with `recipe_dict` (workdir rdir/run), train a fresh model and its two heads on the
+    result, evaluate, and write rdir/metrics.json. Each step resumes."""
+    done = rdir / "metrics.json"
+    if (rdir / "DONE").exists() and done.exists():
+        log.info("%s: done already", name)
+        return json.loads(done.read_text())
+    t0 = time.perf_counter()
+    rdir.mkdir(parents=True, exist_ok=True)
+    rec = recipe_from_dict(recipe_dict, name)
+    log.info("%s: pipeline (%s)", name, " → ".join(rec.stages))
+    summary = run(rec)
+    log.info("%s: training on %d kept samples", name, summary["kept"])
+    _train_models(bcfg, rdir / "run" / "export" / "shards", rdir)
+    metrics: dict[str, Any] = {"round": round_id, "kept": summary["kept"], "rejected": summary["rejected"],
+                               "failed": summary["failed"]}
+    metrics.update(_evaluate(bcfg, rdir))
+    if labels is not None and labels.exists():
+        metrics.update(noise_survival(rdir / "run", labels))
+    metrics["seconds"] = round(time.perf_counter() - t0, 1)
+    atomic_write_json(metrics, done)
+    (rdir / "DONE").write_text("ok")
+    return metrics
+
+
+def share_model_free_outputs(src_run: Path, dst_run: Path) -> None:
+    for name in REUSED:
+        _link_tree(src_run / name, dst_run / name)
 
 
 def _train_models(bcfg: BootstrapConfig, shards: Path, rdir: Path) -> None:
@@ -128,30 +172,9 @@ def bootstrap(recipe: Recipe, raw: dict[str, Any], rounds: int | None = None) ->
     results = []
     for r in range(n):
         rdir = round_dir(root, r)
-        done = rdir / "metrics.json"
-        if (rdir / "DONE").exists() and done.exists():
-            log.info("round %d: done already", r)
-            results.append(json.loads(done.read_text()))
-            continue
-        t0 = time.perf_counter()
-        rdir.mkdir(parents=True, exist_ok=True)
         if r > 0:
-            for name in REUSED:
-                _link_tree(round_dir(root, 0) / "run" / name, rdir / "run" / name)
-        rec = recipe_from_dict(round_recipe(raw, bcfg, root, r), f"round {r}")
-        log.info("round %d: pipeline (%s)", r, " → ".join(rec.stages))
-        summary = run(rec)
-        shards = rdir / "run" / "export" / "shards"
-        log.info("round %d: training on %d kept samples", r, summary["kept"])
-        _train_models(bcfg, shards, rdir)
-        metrics: dict[str, Any] = {"round": r, "kept": summary["kept"], "rejected": summary["rejected"],
-                                   "failed": summary["failed"]}
-        metrics.update(_evaluate(bcfg, rdir))
-        if labels.exists():
-            metrics.update(noise_survival(rdir / "run", labels))
-        metrics["seconds"] = round(time.perf_counter() - t0, 1)
-        atomic_write_json(metrics, done)
-        (rdir / "DONE").write_text("ok")
-        results.append(metrics)
-        log.info("round %d: %s", r, {k: v for k, v in metrics.items() if k.startswith(("itc_r", "itm_r", "attr"))})
+            share_model_free_outputs(round_dir(root, 0) / "run", rdir / "run")
+        m = run_round(round_recipe(raw, bcfg, root, r), bcfg, rdir, labels, f"round {r}", r)
+        results.append(m)
+        log.info("round %d: %s", r, {k: v for k, v in m.items() if k.startswith(("itc_r", "itm_r", "attr"))})
     return results

@@ -25,6 +25,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overrides["workdir"] = args.workdir
     recipe = load_recipe(args.recipe, overrides)
     summary = run(recipe, only=args.stage, redo=args.redo)
+    if summary and summary.get("failed_shards"):
+        print(f"warning: {len(summary['failed_shards'])} shard(s) failed and are accounted as failed "
+              "(reason shard_error); run the same command again to retry them", file=sys.stderr)
+        return 4
     if summary is None:
         print(f"stages done; select has not run yet, so there is no accounting. Outputs in {recipe.workdir}")
     else:
@@ -43,7 +47,7 @@ def _cmd_query(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.demo import demo
 
-    demo(workdir=args.workdir, rows=args.rows, seed=args.seed, executor=args.executor)
+    demo(workdir=args.workdir, rows=args.rows, seed=args.seed, executor=args.executor, rounds=args.rounds)
     return 0
 
 
@@ -79,9 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=_cmd_query)
 
     d = sub.add_parser("demo", help="generate the synthetic corpus, serve it on loopback and run the pipeline",
-                       description="End-to-end demo on 2 cores: synth -> serve -> run -> summary.")
+                       description="End-to-end demo on 2 cores: synth -> serve -> two bootstrap rounds "
+                       "(curate, train, eval; the second round scores and captions with the first "
+                       "round's model) -> HTML report.")
     d.add_argument("--workdir", default="runs/demo")
-    d.add_argument("--rows", type=int, default=1000)
+    d.add_argument("--rows", type=int, default=800)
+    d.add_argument("--rounds", type=int, default=2, help="bootstrap rounds (0: one pipeline run, no models)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--executor", choices=["ray", "local"], default="ray")
     d.set_defaults(func=_cmd_demo)

@@ -179,12 +179,13 @@ class DedupStage(Stage):
         reps, reason = compute_dups(t, self.config)
         uids = t.column("uid").to_numpy()
         order = np.argsort(uids)
-        return {"dup_of": reps[order], "reason": [reason[i] for i in order], "first": int(uids[order][0])}
+        return {"uids": uids[order], "dup_of": reps[order], "reason": [reason[i] for i in order]}
 
     def setup(self, state) -> None:
         self.state = state
 
     def process(self, batch: pa.Table) -> pa.Table:
-        idx = batch.column("uid").to_numpy() - self.state["first"]
+        # Failed shards leave gaps in the uids, so look rows up rather than offset them.
+        idx = np.searchsorted(self.state["uids"], batch.column("uid").to_numpy())
         return pa.table({"dup_of": pa.array(self.state["dup_of"][idx], pa.int64()),
                          "dup_reason": pa.array([self.state["reason"][i] for i in idx], pa.string())})
