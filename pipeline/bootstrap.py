@@ -99,6 +99,9 @@ def run_round(recipe_dict: dict[str, Any], bcfg: BootstrapConfig, rdir: Path, la
     rec = recipe_from_dict(recipe_dict, name)
     log.info("%s: pipeline (%s)", name, " → ".join(rec.stages))
     summary = run(rec)
+    if not summary["kept"]:
+        raise RuntimeError(f"{name}: the curation kept no samples, so there is nothing to train on; "
+                           f"see {rdir / 'run' / 'summary.json'} and loosen the thresholds")
     log.info("%s: training on %d kept samples", name, summary["kept"])
     _train_models(bcfg, rdir / "run" / "export" / "shards", rdir)
     metrics: dict[str, Any] = {"round": round_id, "kept": summary["kept"], "rejected": summary["rejected"],

@@ -10,6 +10,7 @@ arrays indexed by uid that every worker looks rows up in.
 """
 from __future__ import annotations
 
+import logging
 from typing import Literal
 
 import numpy as np
@@ -23,6 +24,7 @@ from filters.image import color_distance
 from pipeline.stage import Resources, Stage
 
 KEYS = ("url", "sha256", "caption", "caption_image")
+log = logging.getLogger("mmcurate")
 
 
 class DedupConfig(BaseModel):
@@ -47,6 +49,10 @@ class DedupConfig(BaseModel):
     # Image-embedding cosine for semantic duplicates (needs score; None: off).
     semantic_threshold: float | None = Field(0.94, ge=-1, le=1)
     semantic_index: Literal["auto", "flat", "ivf", "clustered"] = "auto"
+    # Guard: an embedding space in which more than this share of rows are "duplicates" is a
+    # degenerate model (random or barely trained), not a corpus of copies; semantic dedup is then
+    # skipped with a warning instead of wiping the run.
+    semantic_max_fraction: float = Field(0.5, gt=0, le=1)
 
 
 def _codes(values: list) -> np.ndarray:
@@ -149,6 +155,12 @@ def _semantic(t, uids, reps, reason, cfg):
         if "clip_model" in t.column_names else None
     sem = semantic_dup_of(emb, uids[keep], threshold=cfg.semantic_threshold, priority=prio,
                           index=cfg.semantic_index, groups=groups)
+    n_dup = int((sem != uids[keep]).sum())
+    if n_dup > cfg.semantic_max_fraction * len(keep):
+        log.warning("semantic dedup would mark %d of %d rows as duplicates (> %.0f%%): the embeddings "
+                    "look degenerate (untrained model?); skipping semantic dedup", n_dup, len(keep),
+                    100 * cfg.semantic_max_fraction)
+        return reps, reason
     pos = {int(u): i for i, u in enumerate(uids)}
     reps = reps.copy()
     for u, r in zip(uids[keep], sem):
