@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from albef_helpers import tiny_overrides, write_toy_shards
+from albef_helpers import tiny_overrides, toy_tokenizer, write_toy_shards
 from models.albef.config import load_config
 from models.albef.train import train
 
@@ -20,7 +20,9 @@ def shards(tmp_path_factory):
 
 
 def test_resume_gives_same_next_step_loss(shards, tmp_path):
-    cfg = _cfg(**{"train.save_every": 0})
+    # Both runs share one tokenizer: WordPiece training may break merge ties differently.
+    toy_tokenizer().save(tmp_path / "tok")
+    cfg = _cfg(**{"train.save_every": 0, "text.tokenizer": str(tmp_path / "tok")})
     full = train(cfg, shards, tmp_path / "full", steps=5, progress=False)
     part = train(cfg, shards, tmp_path / "part", steps=5, stop_at=3, progress=False)
     assert part["step"] == 3
@@ -48,10 +50,12 @@ def test_bad_data_path_is_a_clear_error(tmp_path):
 def test_ray_two_workers_match_single_process(shards, tmp_path):
     ray = pytest.importorskip("ray")
     # 2 workers x 4 samples = the single process's batch of 8; dropout is 0 in tiny configs.
-    single = train(_cfg(), shards, tmp_path / "single", steps=3, progress=False)
+    toy_tokenizer().save(tmp_path / "tok")
+    tok = {"text.tokenizer": str(tmp_path / "tok")}
+    single = train(_cfg(**tok), shards, tmp_path / "single", steps=3, progress=False)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        multi = train(_cfg(**{"train.batch_size": 4}), shards, tmp_path / "multi", steps=3,
+        multi = train(_cfg(**tok, **{"train.batch_size": 4}), shards, tmp_path / "multi", steps=3,
                       num_workers=2, progress=False)
     finally:
         ray.shutdown()

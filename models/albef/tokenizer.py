@@ -38,6 +38,12 @@ class TextTokenizer:
                                     strip_accents=None, lowercase=True)
         wp.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=min_frequency,
                                special_tokens=SPECIAL, show_progress=False)
+        # The trainer's id order varies from run to run (hash-map iteration); WordPiece's
+        # greedy longest match depends only on the vocabulary set, so renumber it sorted to
+        # make the same captions always give the same ids.
+        learned = sorted(t for t in wp.get_vocab() if t not in SPECIAL)
+        wp = BertWordPieceTokenizer({t: i for i, t in enumerate(SPECIAL + learned)}, clean_text=True,
+                                    handle_chinese_chars=True, strip_accents=None, lowercase=True)
         hf = BertTokenizerFast(tokenizer_object=wp._tokenizer, unk_token="[UNK]", sep_token="[SEP]",
                                pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]",
                                do_lower_case=True, tokenize_chinese_chars=True)
