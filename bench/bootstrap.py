@@ -43,6 +43,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--eval-images", type=int, default=200)
     ap.add_argument("--keep-top", type=float, default=0.8, help="score filter: top fraction per language")
+    ap.add_argument("--web-threshold", type=float, default=0.5, help="CapFilt ITM threshold for web captions")
     ap.add_argument("--out", default="bench_out/bootstrap")
     args = ap.parse_args()
 
@@ -59,7 +60,8 @@ def main() -> None:
     bcfg = BootstrapConfig(train_steps=args.steps, head_steps=args.head_steps, batch_size=args.batch_size,
                            eval_split=str(corpus / "test" / "test.parquet"), eval_max_images=args.eval_images,
                            score={"batch_size": 64, "rows_per_call": 512},
-                           capfilt={"n_captions": 3, "max_synthetic": 2, "batch_size": 32},
+                           capfilt={"n_captions": 3, "max_synthetic": 2, "batch_size": 32,
+                                    "web_threshold": args.web_threshold, "synth_threshold": 0.5},
                            select={"keep_top_fraction": args.keep_top})
     base = {"input": {"path": str(corpus / "urls.parquet")}, "executor": "local", "shard_size": 500,
             "stages": ["download", "annotate", "dedup", "select", "export"],
