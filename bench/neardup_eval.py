@@ -25,7 +25,7 @@ from filters import dedup as D  # noqa: E402
 from filters.image import NEAR_GRID, NEAR_SIG_BYTES  # noqa: E402
 
 
-def quality(corpus: str, run: str, neighbors: int, max_diff: float) -> None:
+def quality(corpus: str, run: str, neighbors: int, max_diff: float, max_rms: float) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -50,10 +50,19 @@ def quality(corpus: str, run: str, neighbors: int, max_diff: float) -> None:
             a, b = pos[r.Index], pos[int(r.dup_of_row)]
             truth.add((min(a, b), max(a, b)))
     t0 = time.perf_counter()
-    a, b = D.near_candidates(sigs[rows], neighbors)
+    a, b = D.near_candidates(sigs[rows], neighbors, max_rms)
     t1 = time.perf_counter()
     ok = D.near_verify(sigs[rows], log_aspect, a, b, max_diff=max_diff)
     t2 = time.perf_counter()
+    # How far apart the labelled pairs are on the k-NN vector, against the max_rms prefilter.
+    vec = D.near_summary(sigs[rows])
+    ta, tb = np.array(sorted(truth)).T
+    rms = np.sqrt(((vec[ta] - vec[tb]) ** 2).mean(1))
+    aa, bb = D.near_candidates(sigs[rows], neighbors, None)
+    nrms = np.sqrt(((vec[aa] - vec[bb]) ** 2).mean(1))
+    print(f"{D.NEAR_SIG_BYTES} bytes/row; labelled pairs' k-NN RMS q50/q95/q99/max "
+          f"{np.quantile(rms, [0.5, 0.95, 0.99, 1]).round(1).tolist()}; candidates without the RMS "
+          f"prefilter {len(aa)}, with (<= {max_rms}) {len(a)} ({(nrms <= max_rms).mean():.3f})")
     cand = set(zip(a.tolist(), b.tolist()))
     ver = set(zip(a[ok].tolist(), b[ok].tolist()))
     false = [(i, j) for i, j in ver if iid[i] != iid[j]]
@@ -147,10 +156,11 @@ def main() -> None:
     ap.add_argument("--run")
     ap.add_argument("--neighbors", type=int, default=D.NEAR_NEIGHBORS)
     ap.add_argument("--max-diff", type=float, default=D.NEAR_MAX_DIFF)
+    ap.add_argument("--max-rms", type=float, default=D.NEAR_MAX_RMS)
     ap.add_argument("--synthetic", type=int, nargs="*", default=[])
     a = ap.parse_args()
     if a.corpus and a.run:
-        quality(a.corpus, a.run, a.neighbors, a.max_diff)
+        quality(a.corpus, a.run, a.neighbors, a.max_diff, a.max_rms)
     for n in a.synthetic:
         synthetic(n, a.neighbors)
 

@@ -306,13 +306,19 @@ def duplicated_by(uids: Any, keys: Mapping[str, Any], phash: Any = None, phash_v
 #
 # pHash is luma-only and breaks under small crops; these scenes also collide at low resolution.
 # So: candidates are the k nearest neighbours of a coarse 8x8 block-mean vector (faiss: flat
-# below ~50k rows, HNSW above, never all pairs), and each candidate pair is verified by a strict
-# check: aspect ratios compatible with a crop of at most `max_crop` per side, similar texture
-# energy, and the 32x32 thumbnails equal within `max_diff` (largest per-pixel difference) after
-# aligning one to the other: the crop (left, right, top, bottom) is estimated per axis from the
-# column and row profiles and the thumbnail is resampled (it is band-limited, so bilinear
-# resampling is accurate). Groups are stars around representatives (see star_groups), so a
-# chain of pairwise-similar images never merges two different pictures.
+# below ~50k rows, HNSW above, never all pairs), pairs whose block means are already far apart
+# (RMS > max_rms) are dropped, and each remaining pair is verified by a strict check: aspect
+# ratios compatible with a crop of at most `max_crop` per side, similar texture energy, and the
+# 32x32 thumbnails equal within `max_diff` (largest per-pixel difference) after aligning one to
+# the other: the crop (left, right, top, bottom) is estimated per axis from the column and row
+# profiles and the thumbnail is resampled (it is band-limited, so bilinear resampling is
+# accurate). Verification is batched matrix products over thousands of pairs. Groups are stars
+# around representatives (see star_groups), so a chain of pairwise-similar images never merges
+# two different pictures.
+
+from functools import lru_cache  # noqa: E402
+
+import pyarrow as pa  # noqa: E402
 
 from filters.image import NEAR_CHROMA_GRID, NEAR_GRID, NEAR_SIG_BYTES, NEAR_TEX_GRID  # noqa: E402
 
@@ -321,20 +327,47 @@ NEAR_MAX_DIFF = 36.0
 NEAR_MAX_CROP = 0.06
 NEAR_MAX_TEXTURE = 20.0  # texture bytes (40 * ln(1 + energy)): 20 is a factor ~1.65
 NEAR_MAX_CHROMA = 18.0
+NEAR_MAX_RMS = 24.0
 _TEX_END = NEAR_GRID * NEAR_GRID + 2 * NEAR_TEX_GRID * NEAR_TEX_GRID
 _CROP_STEP = 0.01
 _EXACT_INDEX_MAX = 50_000
+_SUMMARY = 8  # the k-NN vector: 8x8 block means of the thumbnail
+_ROW_CHUNK = 65536
+
+
+def _block_mean(x: np.ndarray, out: int) -> np.ndarray:
+    """Mean over square blocks of the last two axes, down to out x out."""
+    f = x.shape[-1] // out
+    return x.reshape(*x.shape[:-2], out, f, out, f).mean(axis=(-3, -1))
 
 
 def near_sigs(col: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(signatures uint8 [n, NEAR_SIG_BYTES], valid bool [n]) from a near_sig column."""
-    vals = col.to_pylist() if hasattr(col, "to_pylist") else list(col)
-    out = np.zeros((len(vals), NEAR_SIG_BYTES), np.uint8)
-    valid = np.zeros(len(vals), bool)
-    for i, v in enumerate(vals):
-        if v is not None and len(v) == NEAR_SIG_BYTES:
-            out[i] = np.frombuffer(v, np.uint8)
-            valid[i] = True
+    """(signatures uint8 [n, NEAR_SIG_BYTES], valid bool [n]) from a near_sig column (pyarrow
+    binary column or a list of bytes/None). Read straight from the Arrow buffers, no Python object
+    per row; any other length counts as missing."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    if not isinstance(col, pa.Array):
+        col = pa.array(list(col), pa.binary())
+    if pa.types.is_null(col.type):
+        return np.zeros((len(col), NEAR_SIG_BYTES), np.uint8), np.zeros(len(col), bool)
+    if not pa.types.is_large_binary(col.type):
+        col = col.cast(pa.large_binary())
+    n = len(col)
+    out = np.zeros((n, NEAR_SIG_BYTES), np.uint8)
+    valid = np.zeros(n, bool)
+    if n == 0:
+        return out, valid
+    bufs = col.buffers()
+    offsets = np.frombuffer(bufs[1], np.int64)[col.offset:col.offset + n + 1]
+    data = np.frombuffer(bufs[2], np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
+    lens = np.diff(offsets)
+    present = ~np.asarray(col.is_null())
+    rows = np.flatnonzero(present & (lens == NEAR_SIG_BYTES))
+    for s in range(0, len(rows), _ROW_CHUNK):
+        r = rows[s:s + _ROW_CHUNK]
+        out[r] = data[offsets[r, None] + np.arange(NEAR_SIG_BYTES)]
+    valid[rows] = True
     return out, valid
 
 
@@ -342,34 +375,59 @@ def _thumbs(sigs: np.ndarray) -> np.ndarray:
     return sigs[:, :NEAR_GRID * NEAR_GRID].reshape(-1, NEAR_GRID, NEAR_GRID).astype(np.float32)
 
 
-def near_candidates(sigs: np.ndarray, k: int = NEAR_NEIGHBORS) -> tuple[np.ndarray, np.ndarray]:
-    """Index pairs (i < j) where one is among the other's k nearest neighbours on the 8x8
-    block means of the thumbnail (a crop of a few percent moves these little)."""
+def near_summary(sigs: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """float32 [n, 64]: 8x8 block means of the luma thumbnails (computed in chunks: a float copy
+    of every thumbnail would be 4x the signatures)."""
+    rows = np.arange(len(sigs)) if rows is None else np.asarray(rows, np.int64)
+    vec = np.empty((len(rows), _SUMMARY * _SUMMARY), np.float32)
+    for s in range(0, len(rows), _ROW_CHUNK):
+        r = rows[s:s + _ROW_CHUNK]
+        vec[s:s + len(r)] = _block_mean(_thumbs(sigs[r]), _SUMMARY).reshape(len(r), -1)
+    return vec
+
+
+def near_candidates(sigs: np.ndarray, k: int = NEAR_NEIGHBORS, max_rms: float | None = NEAR_MAX_RMS,
+                    rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (i < j, positions in `rows`, default all) where one is among the other's k
+    nearest neighbours on the 8x8 block means of the thumbnail (a crop of a few percent moves
+    these little), keeping pairs whose block means differ by at most max_rms (root mean square,
+    0-255; None keeps all)."""
     import faiss
 
-    n = len(sigs)
+    vec = near_summary(sigs, rows)
+    n = len(vec)
     if n < 2:
         return np.empty(0, np.int64), np.empty(0, np.int64)
-    b = NEAR_GRID // 8
-    vec = np.ascontiguousarray(_thumbs(sigs).reshape(n, 8, b, 8, b).mean(axis=(2, 4)).reshape(n, 64))
-    index = faiss.IndexFlatL2(64) if n <= _EXACT_INDEX_MAX else faiss.IndexHNSWFlat(64, 32)
+    d = vec.shape[1]
+    index = faiss.IndexFlatL2(d) if n <= _EXACT_INDEX_MAX else faiss.IndexHNSWFlat(d, 32)
     if isinstance(index, faiss.IndexHNSWFlat):
         index.hnsw.efSearch = max(64, 4 * k)
     index.add(vec)
     kk = min(k + 1, n)
-    _, nbr = index.search(vec, kk)
-    src = np.repeat(np.arange(n, dtype=np.int64), kk)
-    dst = nbr.ravel().astype(np.int64)
-    keep = (dst >= 0) & (dst != src)
-    a, b2 = np.minimum(src[keep], dst[keep]), np.maximum(src[keep], dst[keep])
-    pair = np.unique(a * n + b2)
+    limit = np.inf if max_rms is None else max_rms ** 2 * d
+    pairs = []
+    # Queries in chunks, filtered at once: the raw n x (k+1) neighbour lists are the largest
+    # intermediate at scale.
+    for s in range(0, n, 1 << 18):
+        q = vec[s:s + (1 << 18)]
+        dist, nbr = index.search(q, kk)
+        src = np.repeat(np.arange(s, s + len(q), dtype=np.int64), kk)
+        dst = nbr.ravel().astype(np.int64)
+        keep = (dst >= 0) & (dst != src) & (dist.ravel() <= limit)
+        a, b = np.minimum(src[keep], dst[keep]), np.maximum(src[keep], dst[keep])
+        pairs.append(a * n + b)
+    pair = np.unique(np.concatenate(pairs))
     return pair // n, pair % n
 
 
+@lru_cache(maxsize=8)
 def _interp_matrices(n: int, max_crop: float) -> tuple[np.ndarray, np.ndarray]:
     """Bilinear resampling matrices, one per (left, right) crop on a grid of _CROP_STEP: row j of
     W maps target pixel j to the source pixels under it."""
-    grid = np.arange(0, max_crop + 1e-9 + _CROP_STEP, _CROP_STEP)
+    steps = int(np.floor(max_crop / _CROP_STEP + 1e-9))
+    grid = np.linspace(0, steps * _CROP_STEP, steps + 1)
+    if grid[-1] < max_crop - 1e-9:
+        grid = np.append(grid, max_crop)
     combos = np.array([(lo, hi) for lo in grid for hi in grid])
     mats = np.zeros((len(combos), n, n), np.float32)
     j = np.arange(n)
@@ -380,12 +438,20 @@ def _interp_matrices(n: int, max_crop: float) -> tuple[np.ndarray, np.ndarray]:
         f = (x - i0).astype(np.float32)
         np.add.at(mats[c], (j, i0), 1 - f)
         np.add.at(mats[c], (j, i1), f)
+    mats.setflags(write=False)
     return combos, mats
 
 
 def _chroma(sigs: np.ndarray) -> np.ndarray:
     c = NEAR_CHROMA_GRID
     return sigs[:, _TEX_END:_TEX_END + 2 * c * c].reshape(-1, 2, c, c).astype(np.float32)
+
+
+def _best_crop(src_prof: np.ndarray, dst_prof: np.ndarray, mats: np.ndarray) -> np.ndarray:
+    """Index of the crop whose resampled src profile is closest (mean abs) to dst's, per pair."""
+    c, n, _ = mats.shape
+    warped = (src_prof @ mats.reshape(c * n, n).T).reshape(len(src_prof), c, n)
+    return np.abs(warped - dst_prof[:, None]).mean(-1).argmin(1)
 
 
 def _aligned_diff(src: np.ndarray, dst: np.ndarray, mats: np.ndarray,
@@ -395,29 +461,33 @@ def _aligned_diff(src: np.ndarray, dst: np.ndarray, mats: np.ndarray,
     the crop chosen per axis from the column / row mean profiles of the luma thumbnails.
     With chroma=(src_chroma, dst_chroma, chroma_mats), also the largest chroma difference
     under the same crop."""
-    ex = np.abs(np.einsum("cij,pj->pci", mats, src.mean(axis=1)) - dst.mean(axis=1)[:, None]).mean(-1)
-    ey = np.abs(np.einsum("cij,pj->pci", mats, src.mean(axis=2)) - dst.mean(axis=2)[:, None]).mean(-1)
-    bx, by = ex.argmin(1), ey.argmin(1)
-    warped = np.einsum("pij,pjk,plk->pil", mats[by], src, mats[bx])
+    bx = _best_crop(src.mean(axis=1), dst.mean(axis=1), mats)
+    by = _best_crop(src.mean(axis=2), dst.mean(axis=2), mats)
+    warped = mats[by] @ src @ mats[bx].transpose(0, 2, 1)
     luma = np.abs(warped - dst).reshape(len(src), -1).max(axis=1)
     if chroma is None:
         return luma
     cs, cd, cm = chroma
-    cw = np.einsum("pij,pcjk,plk->pcil", cm[by], cs, cm[bx])
+    cw = cm[by][:, None] @ cs @ cm[bx].transpose(0, 2, 1)[:, None]
     return luma, np.abs(cw - cd).reshape(len(src), -1).max(axis=1)
 
 
 def near_verify(sigs: np.ndarray, log_aspect: np.ndarray, a: np.ndarray, b: np.ndarray, *,
                 max_diff: float = NEAR_MAX_DIFF, max_crop: float = NEAR_MAX_CROP,
                 max_texture: float = NEAR_MAX_TEXTURE, max_chroma: float = NEAR_MAX_CHROMA,
-                chunk: int = 4096) -> np.ndarray:
-    """bool mask over candidate pairs (a[i], b[i]): same picture up to re-encoding, resizing and
-    a crop of at most max_crop per side (either image may be the cropped one)."""
+                chunk: int = 8192) -> np.ndarray:
+    """bool mask over candidate pairs (a[i], b[i]) (row indices into sigs / log_aspect): same
+    picture up to re-encoding, resizing and a crop of at most max_crop per side (either image may
+    be the cropped one). Cheap tests first (aspect, texture), alignment only on the survivors."""
     a = np.asarray(a, np.int64)
     b = np.asarray(b, np.int64)
+    log_aspect = np.asarray(log_aspect, np.float64)
     ok = np.abs(log_aspect[a] - log_aspect[b]) <= -np.log1p(-2 * max_crop) + 1e-6
-    tex = sigs[:, NEAR_GRID * NEAR_GRID:_TEX_END].astype(np.int16)
-    ok &= np.abs(tex[a] - tex[b]).max(axis=1) <= max_texture
+    g2 = NEAR_GRID * NEAR_GRID
+    for s in range(0, len(a), 1 << 20):
+        sl = slice(s, s + (1 << 20))
+        ta, tb = sigs[a[sl], g2:_TEX_END].astype(np.int16), sigs[b[sl], g2:_TEX_END].astype(np.int16)
+        ok[sl] &= np.abs(ta - tb).max(axis=1) <= max_texture
     idx = np.flatnonzero(ok)
     if not len(idx):
         return ok
@@ -425,12 +495,17 @@ def near_verify(sigs: np.ndarray, log_aspect: np.ndarray, a: np.ndarray, b: np.n
     _, cmats = _interp_matrices(NEAR_CHROMA_GRID, max_crop)
     for s in range(0, len(idx), chunk):
         part = idx[s:s + chunk]
-        ta, tb = _thumbs(sigs[a[part]]), _thumbs(sigs[b[part]])
-        ca, cb = _chroma(sigs[a[part]]), _chroma(sigs[b[part]])
+        sa, sb = sigs[a[part]], sigs[b[part]]
+        ta, tb = _thumbs(sa), _thumbs(sb)
+        ca, cb = _chroma(sa), _chroma(sb)
         # Either image may be the cropped one: a pair passes if one direction fits.
         l1, c1 = _aligned_diff(ta, tb, mats, (ca, cb, cmats))
-        l2, c2 = _aligned_diff(tb, ta, mats, (cb, ca, cmats))
-        ok[part] = ((l1 <= max_diff) & (c1 <= max_chroma)) | ((l2 <= max_diff) & (c2 <= max_chroma))
+        good = (l1 <= max_diff) & (c1 <= max_chroma)
+        rest = np.flatnonzero(~good)
+        if len(rest):
+            l2, c2 = _aligned_diff(tb[rest], ta[rest], mats, (cb[rest], ca[rest], cmats))
+            good[rest] = (l2 <= max_diff) & (c2 <= max_chroma)
+        ok[part] = good
     return ok
 
 
@@ -448,6 +523,7 @@ def star_groups(n: int, a: np.ndarray, b: np.ndarray, order: np.ndarray) -> np.n
     start = np.searchsorted(src, np.arange(n + 1))
     has_edge = np.zeros(n, bool)
     has_edge[src] = True
+    # A Python loop, but only over rows that have a verified edge (a few % of a corpus).
     for i in order[has_edge[order]]:  # rows without edges stay their own centre
         if centre[i] >= 0:
             continue
@@ -462,7 +538,7 @@ def star_groups(n: int, a: np.ndarray, b: np.ndarray, order: np.ndarray) -> np.n
 def near_dup_of(uids: Any, sigs: np.ndarray, valid: np.ndarray, log_aspect: np.ndarray, *,
                 area: Any = None, neighbors: int = NEAR_NEIGHBORS, max_diff: float = NEAR_MAX_DIFF,
                 max_crop: float = NEAR_MAX_CROP, max_texture: float = NEAR_MAX_TEXTURE,
-                max_chroma: float = NEAR_MAX_CHROMA) -> np.ndarray:
+                max_chroma: float = NEAR_MAX_CHROMA, max_rms: float | None = NEAR_MAX_RMS) -> np.ndarray:
     """Representative uid per row for near-duplicate images (rows without a valid signature keep
     their own uid). Representative: largest area, then smallest uid."""
     uids = np.asarray(uids, np.int64)
@@ -473,10 +549,11 @@ def near_dup_of(uids: Any, sigs: np.ndarray, valid: np.ndarray, log_aspect: np.n
     out = uids.copy()
     if len(rows) < 2:
         return out
-    a, b = near_candidates(sigs[rows], neighbors)
-    ok = near_verify(sigs[rows], np.asarray(log_aspect, np.float64)[rows], a, b,
-                     max_diff=max_diff, max_crop=max_crop, max_texture=max_texture,
-                     max_chroma=max_chroma)
+    # Candidates come back as positions in `rows`; verification reads sigs in place (no copy of
+    # the signature matrix for the subset).
+    a, b = near_candidates(sigs, neighbors, max_rms, rows=rows)
+    ok = near_verify(sigs, log_aspect, rows[a], rows[b], max_diff=max_diff, max_crop=max_crop,
+                     max_texture=max_texture, max_chroma=max_chroma)
     order = np.lexsort((uids[rows], -area_arr[rows]))
     centre = star_groups(len(rows), a[ok], b[ok], order)
     out[rows] = uids[rows][centre]

@@ -17,8 +17,8 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from filters.dedup import (NEAR_MAX_CROP, NEAR_MAX_DIFF, NEAR_MAX_TEXTURE, NEAR_NEIGHBORS, dup_of,
-                           near_dup_of, near_sigs, pair_codes)
+from filters.dedup import (NEAR_MAX_CHROMA, NEAR_MAX_CROP, NEAR_MAX_DIFF, NEAR_MAX_RMS, NEAR_MAX_TEXTURE,
+                           NEAR_NEIGHBORS, dup_of, near_dup_of, near_sigs, pair_codes)
 from filters.hashing import phash_to_uint64
 from filters.image import color_distance
 from pipeline.stage import Resources, Stage
@@ -36,11 +36,15 @@ class DedupConfig(BaseModel):
     # pHash on runs annotated before near_sig existed), "phash", or "off".
     near: Literal["signature", "phash", "off"] = "signature"
     # signature: nearest neighbours checked per row; largest per-pixel difference (0-255) of the
-    # aligned 32x32 thumbnails; largest crop per side; largest texture-byte difference.
+    # aligned 32x32 thumbnails; largest crop per side; largest texture-byte difference; largest
+    # per-pixel difference of the aligned chroma thumbnails; largest RMS difference (0-255) of
+    # the 8x8 k-NN vectors for a pair to be verified at all (None: verify every neighbour).
     near_neighbors: int = Field(NEAR_NEIGHBORS, ge=1, le=100)
     near_max_diff: float = Field(NEAR_MAX_DIFF, ge=0, le=255)
     near_max_crop: float = Field(NEAR_MAX_CROP, ge=0, le=0.2)
     near_max_texture: float = Field(NEAR_MAX_TEXTURE, ge=0, le=255)
+    near_max_chroma: float = Field(NEAR_MAX_CHROMA, ge=0, le=255)
+    near_max_rms: float | None = Field(NEAR_MAX_RMS, ge=0, le=255)
     # near: phash: pHash Hamming distance (None: off).
     phash_max_distance: int | None = Field(4, ge=0, le=16)
     # Second check on pHash candidates: mean absolute difference (0-255) of the 4x4 colour
@@ -112,7 +116,8 @@ def _signature_dups(t: pa.Table, uids: np.ndarray, keys: dict, ok: np.ndarray, w
     log_aspect = np.log(np.where(valid, w, 1) / np.where(valid, h, 1))
     near = near_dup_of(uids, sigs, valid, log_aspect, area=area, neighbors=cfg.near_neighbors,
                        max_diff=cfg.near_max_diff, max_crop=cfg.near_max_crop,
-                       max_texture=cfg.near_max_texture)
+                       max_texture=cfg.near_max_texture, max_chroma=cfg.near_max_chroma,
+                       max_rms=cfg.near_max_rms)
     pos = np.searchsorted(uids, reps, sorter=np.argsort(uids))
     return near[np.argsort(uids)[pos]]
 

@@ -55,3 +55,33 @@ def test_star_groups_do_not_chain():
     # 0~1, 1~2 but not 0~2: 2 must not join 0's group.
     centre = star_groups(3, np.array([0, 1]), np.array([1, 2]), np.array([0, 1, 2]))
     assert centre.tolist() == [0, 0, 2]
+
+
+def test_near_sigs_reads_arrow_columns_without_python_rows():
+    import pyarrow as pa
+
+    good = bytes(range(256)) * (NEAR_SIG_BYTES // 256) + bytes(NEAR_SIG_BYTES % 256)
+    col = pa.chunked_array([pa.array([good, None], pa.binary()), pa.array([b"x" * 10, good[::-1]], pa.binary())])
+    sigs, valid = near_sigs(col)
+    assert valid.tolist() == [True, False, False, True]
+    assert sigs[0].tobytes() == good and sigs[3].tobytes() == good[::-1]
+    # A sliced array starts at its own offset.
+    sliced_sigs, sliced_valid = near_sigs(pa.array([None, good, good[::-1]], pa.binary()).slice(1))
+    assert sliced_valid.all() and sliced_sigs[1].tobytes() == good[::-1]
+
+
+def test_rms_prefilter_drops_far_candidates_and_verify_matches_either_direction():
+    from filters.dedup import near_candidates, near_summary, near_verify
+
+    images = [_scene(s) for s in range(6)]
+    w, h = images[0].size
+    images.append(images[0].crop((int(w * 0.04), 0, w, h)))
+    sigs, valid, asp, _ = _rows(images)
+    a_all, b_all = near_candidates(sigs, 6, None)
+    a, b = near_candidates(sigs, 6, 5.0)
+    vec = near_summary(sigs)
+    rms = np.sqrt(((vec[a_all] - vec[b_all]) ** 2).mean(1))
+    assert len(a) == int((rms <= 5.0).sum()) < len(a_all)
+    pair = np.array([0]), np.array([6])
+    assert near_verify(sigs, asp, *pair)[0] and near_verify(sigs, asp, pair[1], pair[0])[0]
+    assert not near_verify(sigs, asp, np.array([0]), np.array([1]))[0]
