@@ -343,32 +343,36 @@ def _block_mean(x: np.ndarray, out: int) -> np.ndarray:
 
 def near_sigs(col: Any) -> tuple[np.ndarray, np.ndarray]:
     """(signatures uint8 [n, NEAR_SIG_BYTES], valid bool [n]) from a near_sig column (pyarrow
-    binary column or a list of bytes/None). Read straight from the Arrow buffers, no Python object
-    per row; any other length counts as missing."""
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
-    if not isinstance(col, pa.Array):
+    binary column or a list of bytes/None). Read straight from the Arrow buffers chunk by chunk:
+    no Python object per row and no combined copy of the column (at 10M rows each copy is
+    15 GB); any other length counts as missing."""
+    if not isinstance(col, (pa.Array, pa.ChunkedArray)):
         col = pa.array(list(col), pa.binary())
-    if pa.types.is_null(col.type):
-        return np.zeros((len(col), NEAR_SIG_BYTES), np.uint8), np.zeros(len(col), bool)
-    if not pa.types.is_large_binary(col.type):
-        col = col.cast(pa.large_binary())
+    chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
     n = len(col)
     out = np.zeros((n, NEAR_SIG_BYTES), np.uint8)
     valid = np.zeros(n, bool)
-    if n == 0:
-        return out, valid
-    bufs = col.buffers()
-    offsets = np.frombuffer(bufs[1], np.int64)[col.offset:col.offset + n + 1]
+    start = 0
+    for chunk in chunks:
+        m = len(chunk)
+        if m and not pa.types.is_null(chunk.type):
+            _fill_sigs(chunk, out[start:start + m], valid[start:start + m])
+        start += m
+    return out, valid
+
+
+def _fill_sigs(arr: pa.Array, out: np.ndarray, valid: np.ndarray) -> None:
+    if not pa.types.is_large_binary(arr.type):
+        arr = arr.cast(pa.large_binary())  # int64 offsets; copies only this chunk
+    bufs = arr.buffers()
+    offsets = np.frombuffer(bufs[1], np.int64)[arr.offset:arr.offset + len(arr) + 1]
     data = np.frombuffer(bufs[2], np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
-    lens = np.diff(offsets)
-    present = ~np.asarray(col.is_null())
-    rows = np.flatnonzero(present & (lens == NEAR_SIG_BYTES))
+    present = ~np.asarray(arr.is_null())
+    rows = np.flatnonzero(present & (np.diff(offsets) == NEAR_SIG_BYTES))
     for s in range(0, len(rows), _ROW_CHUNK):
         r = rows[s:s + _ROW_CHUNK]
         out[r] = data[offsets[r, None] + np.arange(NEAR_SIG_BYTES)]
     valid[rows] = True
-    return out, valid
 
 
 def _thumbs(sigs: np.ndarray) -> np.ndarray:
