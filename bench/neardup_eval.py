@@ -9,6 +9,7 @@ near/exact duplicates share a group with their original and how many clean rows 
 
 Scale: `--synthetic N` times candidate search + verification + grouping on N synthetic
 signatures (smooth random thumbnails, 5% planted resized/cropped copies) and prints bytes/row.
+The whole dedup stage at 100k-1M rows with realistic signatures: bench/dedup_scale.py.
 """
 from __future__ import annotations
 

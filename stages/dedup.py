@@ -4,8 +4,10 @@ multi-index, never all pairs) and, when the score stage ran, semantic duplicates
 embedding cosine >= tau, faiss). It writes `dup_of` (the representative's uid; a row that is kept
 names itself) and `dup_reason`; it deletes nothing, select decides.
 
-Scale: `prepare` reads only narrow stat columns (int64 codes, 64-bit hashes, sizes), never image
-bytes; at 10M rows that is a few hundred MB. Because uids are row positions, the result is two
+Scale: `prepare` reads only stat columns (int64 codes, 64-bit hashes, sizes, the 1,544-byte
+near_sig), never image bytes. The near_sig column dominates: 1.5 GB per 1M rows, held once by
+Arrow and once as the numpy matrix dedup verifies against (bench/dedup_scale.py: 1M rows peak
+4.8 GB). Because uids are row positions, the result is two
 arrays indexed by uid that every worker looks rows up in.
 """
 from __future__ import annotations
