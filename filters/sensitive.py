@@ -90,7 +90,7 @@ class Match(NamedTuple):
 class SensitiveMatcher:
     def __init__(self, words: Iterable[str], action: str = "mask", min_len: int = 2,
                  allowlist: Iterable[str] = (), zh_boundaries: bool = True,
-                 zh_boundary_max_len: int = 3,
+                 zh_boundary_max_len: int = 2,
                  en_boundaries: bool = True, t2s: bool = True):
         if action not in ACTIONS:
             raise ValueError(f"sensitive action {action!r} is not one of {ACTIONS}")
@@ -120,8 +120,8 @@ class SensitiveMatcher:
             self._auto = ahocorasick.Automaton()
             for w in sorted(kept):
                 # Only short words need the boundary check: accidental hits inside ordinary text
-                # (马的 in 骑马的人, 一个, 女人) are 2-3 characters; a 4+ character lexicon entry
-                # rarely occurs by chance, and jieba often splits such rare words differently.
+                # (马的 in 骑马的人, 一个, 女人) are 2 characters; longer lexicon entries rarely
+                # occur by chance, and jieba often splits such rare words differently (套路贷请).
                 self._auto.add_word(w, (w, len(w), 1 < len(w) <= zh_boundary_max_len
                                         and bool(lang_mod.HAN_RE.search(w)),
                                         _is_ascii_alnum(w[0]), _is_ascii_alnum(w[-1])))
