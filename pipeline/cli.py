@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(curate, train, eval; the second round scores and captions with the first "
                        "round's model) -> HTML report.")
     d.add_argument("--workdir", default="runs/demo")
-    d.add_argument("--rows", type=int, default=800)
+    d.add_argument("--rows", type=int, default=600)
     d.add_argument("--rounds", type=int, default=2, help="bootstrap rounds (0: one pipeline run, no models)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--executor", choices=["ray", "local"], default="ray")
