@@ -13,6 +13,8 @@ installed. Results are cached because web captions repeat a lot.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -147,3 +149,19 @@ def token_spans(text: str) -> list[tuple[int, int]]:
         spans.append((pos, pos + len(tok)))
         pos += len(tok)
     return spans
+
+
+ANY_LANGUAGE = "*"
+
+
+def route_language(lang: str | None, keys: Sequence[str]) -> str | None:
+    """Which per-language setting applies to a caption language: exact key, then the base
+    language ('zh-Hant' -> 'zh'), then the '*' fallback; None when nothing matches."""
+    if lang:
+        lang_l = str(lang).lower()
+        if lang_l in keys:
+            return lang_l
+        base = lang_l.replace("_", "-").split("-")[0]
+        if base in keys:
+            return base
+    return ANY_LANGUAGE if ANY_LANGUAGE in keys else None

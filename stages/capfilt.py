@@ -49,6 +49,7 @@ from filters.image import to_rgb
 from filters.language import detect_language
 from models.capfilt_backends import (Captioner, CaptionerSpec, CaptionFilter, FilterSpec,
                                      load_captioner, load_filter)
+from filters.language import route_language
 from pipeline.stage import Resources, Stage
 
 ANY_LANG = "*"
@@ -122,16 +123,7 @@ class CapfiltConfig(BaseModel):
         return self
 
 
-def route(lang: str | None, keys: Sequence[str]) -> str | None:
-    """Spec key for a language: exact, then base language ('zh-Hant' -> 'zh'), then '*'."""
-    if lang:
-        lang_l = str(lang).lower()
-        if lang_l in keys:
-            return lang_l
-        base = lang_l.replace("_", "-").split("-")[0]
-        if base in keys:
-            return base
-    return ANY_LANG if ANY_LANG in keys else None
+route = route_language  # one routing rule for every per-language setting
 
 
 # ---- the recipe rules (pure) ---------------------------------------------------------------

@@ -21,6 +21,7 @@ from models.clip.base import ClipBackend
 from models.clip.factory import BackendSpec, load_backend
 from models.gpu_decode import (decode_cpu, decode_jpegs_gpu, decode_pil, gpu_decode_available,
                                is_jpeg, resize_batch_gpu)
+from filters.language import route_language
 from pipeline.stage import Resources, Stage
 
 DEFAULT_LANG = "*"
@@ -55,17 +56,7 @@ class ScoreConfig(BaseModel):
         return self.backends[key]
 
 
-def route(lang: str | None, keys: Sequence[str]) -> str | None:
-    """Backend key for a caption language: exact, then base language ('zh-Hant' -> 'zh'),
-    then the '*' fallback; None when nothing matches."""
-    if lang:
-        lang_l = str(lang).lower()
-        if lang_l in keys:
-            return lang_l
-        base = lang_l.replace("_", "-").split("-")[0]
-        if base in keys:
-            return base
-    return DEFAULT_LANG if DEFAULT_LANG in keys else None
+route = route_language  # one routing rule for every per-language setting
 
 
 def _emb_type(dim: int) -> pa.DataType:
