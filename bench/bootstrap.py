@@ -85,15 +85,17 @@ def main() -> None:
     order = ["a raw", "b rules", "c +score", "d +capfilt", "e round 2"]
     print(f"\ncorpus {args.rows} rows (seed {args.seed}), {args.steps} steps x batch {args.batch_size} per model "
           f"(+{args.head_steps} per head), eval on {args.eval_images} held-out images; {time.perf_counter() - t0:.0f}s")
-    cols = [("kept", "kept"), ("itc_tr@1", "ITC i2t R@1"), ("itc_tr@5", "R@5"), ("itc_tr@10", "R@10"),
-            ("itc_ir@1", "t2i R@1"), ("itc_ir@5", "R@5"), ("itc_ir@10", "R@10"),
-            ("itm_r_mean", "ITM R mean"), ("itc_r_mean", "ITC R mean"), ("attr_all", "attr acc"),
-            ("bleu4", "BLEU-4")]
-    print("variant      " + " ".join(f"{h:>11}" for _, h in cols))
+    cols = [("kept", "kept")]
+    for kind, label in (("itc", "ITC"), ("itm", "ITM")):
+        cols += [(f"{kind}_tr_r@1", f"{label} i2t@1"), (f"{kind}_tr_r@5", "@5"), (f"{kind}_tr_r@10", "@10"),
+                 (f"{kind}_ir_r@1", "t2i@1"), (f"{kind}_ir_r@5", "@5"), (f"{kind}_ir_r@10", "@10")]
+    cols += [("attr_color", "colour %"), ("attr_shape", "shape %"), ("attr_position", "position %"),
+             ("attr_all", "all 3 %"), ("bleu4", "BLEU-4")]
+    print("variant      " + " ".join(f"{h:>10}" for _, h in cols))
     for v in order:
         m = results[v]
-        print(f"{v:12} " + " ".join(f"{m.get(k, float('nan')):11.2f}" if isinstance(m.get(k), (int, float))
-                                     else f"{'-':>11}" for k, _ in cols))
+        print(f"{v:12} " + " ".join(f"{m.get(k, float('nan')):10.2f}" if isinstance(m.get(k), (int, float))
+                                     else f"{'-':>10}" for k, _ in cols))
     chance = {k: v for k, v in results["b rules"].items() if k.startswith("chance_")}
     print(f"chance: {chance}")
     labels_seen = sorted({k for m in results.values() for k in m if k.startswith("survived_")})
