@@ -115,6 +115,14 @@ _WORDLIKE_RE = re.compile(r"[^\W_]")
 # sensitive words, hashtags and links.
 _NON_CONTENT_RE = re.compile(r"<[^<>\s]{1,8}>|\*+|#[^\s#]+#?|https?://\S+|www\.\S+")
 _HASHTAGS_RE = re.compile(r"^(?:#[^\s#]+#?\s*)+$")
+# Words that only introduce contact or attribution details ("tel:", "投稿邮箱", "pay to card"):
+# alt-text made of these, placeholders, file names and generic words describes nothing.
+_CONTACT_RE = re.compile(
+    r"\b(?:contact|call|tel|phone|mobile|email|e-mail|mail|whatsapp|wechat|source|see|pay|to|"
+    r"card|id|at|via|more|info)\b|联系人|联系|电话|热线|咨询|邮箱|投稿|微信|同号|证件号码|身份证|"
+    r"来源|手机|详情见|详见|号码|请|私信", re.IGNORECASE)
+_FILE_TOKEN_RE = re.compile(r"\S+\.(?:jpe?g|jfif|png|gif|webp|bmp|tiff?|heic|avif)\b"
+                            r"|\b(?:img|dsc|image|photo|pic)[_\-]?\d*\b", re.IGNORECASE)
 _IMG_EXT = r"(?:jpe?g|jfif|png|gif|webp|bmp|tiff?|heic|heif|svg|avif|ico)"
 _FILENAME_RE = re.compile(
     rf"^[\w\-.()\[\]~+=@,' ]{{0,200}}\.{_IMG_EXT}$"
@@ -242,6 +250,16 @@ class CaptionCleaner:
         out, n = self._bp_re.subn(" ", text)
         return (out.strip(), n) if n else (text, 0)
 
+    def _descriptive_residue(self, text: str) -> str:
+        """What is left once placeholders, masks, hashtags, links, file names, generic words
+        (封面, image ...) and contact/attribution words are taken out."""
+        rest = _FILE_TOKEN_RE.sub(" ", _NON_CONTENT_RE.sub(" ", text))
+        rest = _CONTACT_RE.sub(" ", rest)
+        for word in self.boilerplate.whole:
+            if len(word) > 1 and word in rest.casefold():
+                rest = re.sub(re.escape(word), " ", rest, flags=re.IGNORECASE)
+        return rest
+
     def clean(self, raw: str | bytes | None) -> dict[str, Any]:
         text, replaced = decode_caption(raw)
         text = normalize_text(text)
@@ -272,7 +290,7 @@ class CaptionCleaner:
 
         # Nothing but placeholders, masks, hashtags and links once boilerplate is gone.
         if not uninformative and (removed or pii_counts or hits) and \
-                not _WORDLIKE_RE.search(_NON_CONTENT_RE.sub(" ", text)):
+                not _WORDLIKE_RE.search(self._descriptive_residue(text)):
             uninformative = True
         counts = lang_mod.script_counts(text)
         lang = lang_mod.language_of_counts(counts)
