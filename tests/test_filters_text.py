@@ -184,3 +184,14 @@ def test_custom_boilerplate(tmp_path):
     c = CaptionCleaner(TextConfig(boilerplate_path=str(p)))
     assert c.clean("好看的裙子 广告")["caption"] == "好看的裙子"
     assert c.clean("查看原网页")["caption"] == "查看原网页"  # default list replaced
+
+
+def test_contact_only_alt_text_is_uninformative_but_descriptions_are_not():
+    from filters.text import clean_caption
+
+    for raw in ("img, contact +8616655996038", "封面，投稿邮箱 xu.chen3@163.com",
+                "DSC3675.webp, pay to card 356827640160866703", "#wallpaper #art, tel: 180-3773-2538"):
+        assert clean_caption(raw)["text_uninformative"], raw
+    for raw in ("two red circles on the left, call 138-1234-5678", "两个红色圆形在左边，电话 13812345678",
+                "an image of a cat"):
+        assert not clean_caption(raw)["text_uninformative"], raw
