@@ -275,7 +275,9 @@ def section_histograms(data: RunData) -> str:
         return _section("histograms", "Distributions", _note("no row data"))
     charts, notes = [], []
     langs = _groups(data, "lang")
-    for col, label in (("clip_score", "CLIP score"), ("itm_score", "ITM score")):
+    # CapFilt's filter score of the web caption is the run's ITM score (own or BLIP ITM head).
+    itm_col = "itm_score" if data.has("itm_score") else "capfilt_web_score"
+    for col, label in (("clip_score", "CLIP score"), (itm_col, "ITM score")):
         if data.has(col):
             v = data.num(col)
             svg = histogram({k: v[m] for k, m in langs.items()}, label + (" by language" if data.has("lang") else ""), xlabel=col)
