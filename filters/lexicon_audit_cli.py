@@ -95,14 +95,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"lexicon-audit: warning: {100 * report.hit_rate:.2f}% of captions hit "
               f"(> {100 * report.warn_rate:.1f}%)", file=sys.stderr)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mmcurate")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

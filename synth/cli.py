@@ -103,15 +103,3 @@ def run_serve(args: argparse.Namespace) -> int:
           f"http://{host}:{srv.configured_port}  (Ctrl-C to stop)", flush=True)
     srv.serve_forever()
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (python -m synth.cli) until the project CLI wires `register` in."""
-    parser = argparse.ArgumentParser(prog="mmcurate")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

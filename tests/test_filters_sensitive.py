@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from filters.lexicon_audit_cli import main as audit_main
+from pipeline.cli import main as audit_main
 from filters.sensitive import SensitiveMatcher, audit_lexicon
 
 
