@@ -44,6 +44,10 @@ def main() -> None:
     ap.add_argument("--eval-images", type=int, default=200)
     ap.add_argument("--keep-top", type=float, default=0.8, help="score filter: top fraction per language")
     ap.add_argument("--web-threshold", type=float, default=0.5, help="CapFilt ITM threshold for web captions")
+    ap.add_argument("--mismatched", type=float, default=0.25,
+                    help="share of rows whose caption describes another image (web alt-text is often this bad)")
+    ap.add_argument("--wrong-attribute", type=float, default=0.15,
+                    help="share of rows whose caption gets one attribute wrong")
     ap.add_argument("--out", default="bench_out/bootstrap")
     args = ap.parse_args()
 
@@ -55,7 +59,9 @@ def main() -> None:
     corpus = out / "corpus"
     if not (corpus / "meta.json").exists():
         generate_corpus(corpus, n_rows=args.rows, seed=args.seed, base_url=f"http://127.0.0.1:{free_port()}",
-                        rates=NoiseRates().override({"timeout_delay": 6.0}), n_test=args.eval_images)
+                        rates=NoiseRates().override({"timeout_delay": 6.0, "mismatched": args.mismatched,
+                                                     "wrong_attribute": args.wrong_attribute}),
+                        n_test=args.eval_images)
     labels = corpus / "labels.parquet"
     bcfg = BootstrapConfig(train_steps=args.steps, head_steps=args.head_steps, batch_size=args.batch_size,
                            eval_split=str(corpus / "test" / "test.parquet"), eval_max_images=args.eval_images,
