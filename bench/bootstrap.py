@@ -48,6 +48,12 @@ def main() -> None:
     ap.add_argument("--web-threshold", type=float, default=0.25, help="CapFilt ITM threshold for web captions")
     ap.add_argument("--synth-threshold", type=float, default=0.25,
                     help="CapFilt ITM threshold for synthetic captions")
+    ap.add_argument("--capfilt-filter", choices=["itm", "itc"], default="itm",
+                    help="what scores captions in (d) and (e): the filter head's ITM (BLIP) or its ITC cosine")
+    ap.add_argument("--beam", type=int, default=None,
+                    help="CapFilt captions by beam search with this width (default: nucleus sampling, p=0.9)")
+    ap.add_argument("--tag", default="",
+                    help="suffix for the (d) and (e) folders, to compare CapFilt settings on the same a-c")
     ap.add_argument("--mismatched", type=float, default=0.25,
                     help="share of rows whose caption describes another image (web alt-text is often this bad)")
     ap.add_argument("--wrong-attribute", type=float, default=0.15,
@@ -70,9 +76,10 @@ def main() -> None:
     bcfg = BootstrapConfig(train_steps=args.steps, head_steps=args.head_steps, batch_size=args.batch_size,
                            eval_split=str(corpus / "test" / "test.parquet"), eval_max_images=args.eval_images,
                            score={"batch_size": 64, "rows_per_call": 512},
-                           capfilt={"n_captions": 3, "max_synthetic": 2, "batch_size": 32,
+                           capfilt={"n_captions": 3, "max_synthetic": 2, "batch_size": 32, "beam": args.beam,
                                     "web_threshold": args.web_threshold,
                                     "synth_threshold": args.synth_threshold},
+                           capfilt_filter=args.capfilt_filter,
                            select={"keep_top_fraction": args.keep_top})
     base = {"input": {"path": str(corpus / "urls.parquet")}, "executor": "local", "shard_size": 500,
             "stages": ["download", "annotate", "dedup", "select", "export"],
@@ -82,17 +89,18 @@ def main() -> None:
     results = {}
     with CorpusServer(corpus, port=None):
         results["b rules"] = run_round({**base, "workdir": str(out / "b" / "run")}, bcfg, out / "b", labels, "b", "b")
-        for name in ("a", "c", "d", "e"):
+        d, e = "d" + args.tag, "e" + args.tag
+        for name in ("a", "c", d, e):
             share_model_free_outputs(out / "b" / "run", out / name / "run")
         raw = {**base, "workdir": str(out / "a" / "run"), "stages": ["download", "annotate", "select", "export"],
                "select": PERMISSIVE}
         results["a raw"] = run_round(raw, bcfg, out / "a", labels, "a", "a")
         results["c +score"] = run_round(model_recipe(base, bcfg, out / "b", out / "c" / "run", capfilt=False),
                                         bcfg, out / "c", labels, "c", "c")
-        results["d +capfilt"] = run_round(model_recipe(base, bcfg, out / "b", out / "d" / "run"),
-                                          bcfg, out / "d", labels, "d", "d")
-        results["e round 2"] = run_round(model_recipe(base, bcfg, out / "d", out / "e" / "run"),
-                                         bcfg, out / "e", labels, "e", "e")
+        results["d +capfilt"] = run_round(model_recipe(base, bcfg, out / "b", out / d / "run"),
+                                          bcfg, out / d, labels, d, d)
+        results["e round 2"] = run_round(model_recipe(base, bcfg, out / d, out / e / "run"),
+                                         bcfg, out / e, labels, e, e)
     order = ["a raw", "b rules", "c +score", "d +capfilt", "e round 2"]
     print(f"\ncorpus {args.rows} rows (seed {args.seed}), {args.steps} steps x batch {args.batch_size} per model "
           f"(+{args.head_steps} per head), eval on {args.eval_images} held-out images; {time.perf_counter() - t0:.0f}s")
@@ -114,8 +122,8 @@ def main() -> None:
     print("label              " + " ".join(f"{v.split()[0]:>7}" for v in order))
     for k in labels_seen:
         print(f"{k[9:]:18} " + " ".join(f"{results[v].get(k, float('nan')):7.2f}" for v in order))
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    print(f"\nfull metrics: {out / 'results.json'}")
+    (out / f"results{args.tag}.json").write_text(json.dumps(results, indent=2, default=str))
+    print(f"\nfull metrics: {out / f'results{args.tag}.json'}")
 
 
 if __name__ == "__main__":

@@ -117,8 +117,10 @@ class Captioner(ABC):
     @abstractmethod
     def caption(self, images: Sequence[Image.Image], n: int, top_p: float = 0.9,
                 max_len: int = 30, beam: int | None = None, min_len: int = 3,
-                seed: int | None = None) -> list[list[str]]:
-        """n captions per image: nucleus sampling, or the n best beams when `beam` is set."""
+                seed: int | None = None, lang: Sequence[str | None] | None = None) -> list[list[str]]:
+        """n captions per image: nucleus sampling, or the n best beams when `beam` is set.
+        `lang` is the language each image's captions should be in; a backend that can steer its
+        decoder (the own bilingual model) does, the others ignore it."""
 
 
 class CaptionFilter(ABC):
@@ -162,11 +164,11 @@ class AlbefCaptioner(Captioner):
         self.inf = _albef(str(Path(path).resolve()), str(device), batch_size)
         self.name = f"albef:{Path(path).name}"
 
-    def caption(self, images, n, top_p=0.9, max_len=30, beam=None, min_len=3, seed=None):
+    def caption(self, images, n, top_p=0.9, max_len=30, beam=None, min_len=3, seed=None, lang=None):
         if not images:
             return []
         return self.inf.caption(list(images), n=n, top_p=top_p, max_len=max_len, beam=beam,
-                                min_len=min_len, seed=seed)
+                                min_len=min_len, seed=seed, lang=lang)
 
 
 class AlbefItmFilter(CaptionFilter):
@@ -217,7 +219,8 @@ class BlipCaptioner(Captioner):
         self.name = f"blip:{source}"
 
     @torch.no_grad()
-    def caption(self, images, n, top_p=0.9, max_len=30, beam=None, min_len=3, seed=None):
+    def caption(self, images, n, top_p=0.9, max_len=30, beam=None, min_len=3, seed=None, lang=None):
+        # BLIP's decoder writes one language; its spec's `languages` route the other rows.
         if beam and n > beam:
             raise ValueError(f"cannot return n={n} captions from beam={beam}; use n <= beam")
         if seed is not None:

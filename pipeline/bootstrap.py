@@ -77,9 +77,10 @@ def model_recipe(base: dict[str, Any], bcfg: BootstrapConfig, prev: Path, workdi
     d["score"] = {"device": bcfg.device, **bcfg.score,
                   "backends": {"*": {"kind": "mmcurate", "path": str(prev / "filter")}}}
     if capfilt:
+        filt = ({"kind": "albef", "path": str(prev / "filter")} if bcfg.capfilt_filter == "itm" else
+                {"kind": "clip", "clip": {"kind": "mmcurate", "path": str(prev / "filter")}})
         d["capfilt"] = {"device": bcfg.device, **bcfg.capfilt,
-                        "captioner": {"kind": "albef", "path": str(prev / "captioner")},
-                        "filter": {"kind": "albef", "path": str(prev / "filter")}}
+                        "captioner": {"kind": "albef", "path": str(prev / "captioner")}, "filter": filt}
     else:
         d.pop("capfilt", None)
     d["select"] = {**(d.get("select") or {}), **bcfg.select}

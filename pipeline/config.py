@@ -128,6 +128,10 @@ class BootstrapConfig(Strict):
     eval_split: str | None = Field(None, description="held-out parquet (synth: corpus/test/test.parquet)")
     eval_max_images: int | None = Field(None, ge=1)
     eval_lang: Literal["en", "zh", "both"] = "both"
+    # What scores captions in later rounds' capfilt: the filter head's ITM probability (BLIP), or
+    # its ITC cosine. Measured on bench/bootstrap.py after 600 CPU steps, ITM told right from wrong
+    # captions no better than chance (AUC 0.50) while ITC did (0.68); ITM needs a longer budget.
+    capfilt_filter: Literal["itm", "itc"] = "itm"
     # Settings merged into later rounds' score / capfilt / select sections (the model paths are
     # filled in by the bootstrap), e.g. select: {keep_top_fraction: 0.8}.
     score: dict[str, Any] = {}

@@ -22,9 +22,11 @@ the row's language (e.g. an English-only BLIP on a zh row), `on_language_mismatc
 * `skip`: leave the row untouched: every output is null and `capfilt_status` says
   `skipped_language`, so select does not judge the row on capfilt.
 
-With `synthetic_language: match` (default) a synthetic caption written in another language
-than the row's (a bilingual decoder may switch) stays in `capfilt_candidates` with a null score
-and is never kept.
+With `synthetic_language: match` (default) the row's language is passed to the captioner; the
+project's own bilingual decoder then bans the other script's tokens, so it writes in the row's
+language instead of whichever it drifts to. A synthetic caption that still comes out in another
+language (a backend that cannot be steered) stays in `capfilt_candidates` with a null score and
+is never kept.
 
 Columns (one row per input row): `captions` (list<struct<text, origin, score>> of the kept
 captions, primary first; null when not evaluated), `capfilt_pass` (bool; null when not
@@ -278,11 +280,13 @@ class CapfiltStage(Stage):
         # Synthetic captions, one captioner at a time (a worker may hold one per language).
         synth: list[list[str]] = [[] for _ in range(n)]
         seed = self._seed(batch)
+        steer = c.synthetic_language == "match"
         for key in dict.fromkeys(k for k in cap_key if k is not None):
             rows = [i for i in range(n) if cap_key[i] == key]
             texts = self.captioners[key].caption([images[i] for i in rows], n=c.n_captions,
                                                  top_p=c.top_p, max_len=c.max_len, beam=c.beam,
-                                                 min_len=c.min_len, seed=seed)
+                                                 min_len=c.min_len, seed=seed,
+                                                 lang=[langs[i] for i in rows] if steer else None)
             for i, t in zip(rows, texts):
                 synth[i] = t
 

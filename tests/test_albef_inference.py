@@ -37,6 +37,30 @@ def test_inference_api(ckpt):
     assert caps == inf.caption(imgs, n=3, top_p=0.9, max_len=8, seed=0)
 
 
+def _has_han(s):
+    return any("\u4e00" <= c <= "\u9fff" for c in s)
+
+
+def _has_latin(s):
+    return any("a" <= c.lower() <= "z" for c in s)
+
+
+def test_caption_language_is_steered_per_image(ckpt):
+    inf = AlbefInference.load(ckpt / "ckpt")
+    vocab = list(inf.tok.hf.get_vocab())
+    assert any(_has_han(t) for t in vocab) and any(_has_latin(t) for t in vocab)  # bilingual model
+    imgs = [toy_sample("red", "left"), toy_sample("blue", "top"), toy_sample("green", "right")]
+    for mode in (dict(n=4, top_p=1.0, seed=1), dict(n=2, beam=3)):
+        caps = inf.caption(imgs, max_len=10, min_len=4, lang=["en", "zh", None], **mode)
+        assert caps[0] and not any(_has_han(c) for c in caps[0]), caps[0]
+        assert caps[1] and not any(_has_latin(c) for c in caps[1]), caps[1]
+        assert all(any(ch.strip() for ch in c) for per in caps[:2] for c in per)
+        both = inf.caption(imgs, max_len=10, min_len=4, lang="en", **mode)
+        assert not any(_has_han(c) for per in both for c in per)
+    with pytest.raises(ValueError, match="languages"):
+        inf.caption(imgs, lang=["en"])
+
+
 def test_eval_runs_on_split(ckpt):
     from models.albef.eval import evaluate
     m = evaluate(ckpt / "ckpt", ckpt / "test" / "test.parquet", k=4, beam=2)

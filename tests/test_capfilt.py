@@ -39,7 +39,7 @@ class StubCaptioner(Captioner):
         self.calls: list[int] = []
         self.name = "stub"
 
-    def caption(self, images, n, top_p=0.9, max_len=30, beam=None, min_len=3, seed=None):
+    def caption(self, images, n, top_p=0.9, max_len=30, beam=None, min_len=3, seed=None, lang=None):
         self.calls.append(len(images))
         return [self.by_color[im.getpixel((0, 0))][:n] for im in images]
 

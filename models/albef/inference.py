@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -111,22 +112,40 @@ class AlbefInference:
         return self.itm_from_embeddings(embeds, texts).numpy().astype(np.float32)
 
     # ---- captioning -------------------------------------------------------------------------
+    def _language_ban(self, langs: list[str | None]) -> torch.Tensor | None:
+        masks = [self.tok.off_script_tokens(lg) for lg in langs]
+        if all(m is None for m in masks):
+            return None
+        width = max(m.shape[0] for m in masks if m is not None)
+        out = torch.zeros(len(masks), width, dtype=torch.bool)
+        for r, m in enumerate(masks):
+            if m is not None:
+                out[r, :m.shape[0]] = m
+        return out
+
     @torch.no_grad()
     def caption(self, images: list[Image.Image], n: int = 1, top_p: float = 0.9,
                 max_len: int | None = None, beam: int | None = None, min_len: int = 3,
-                seed: int | None = None) -> list[list[str]]:
+                seed: int | None = None, lang: str | Sequence[str | None] | None = None
+                ) -> list[list[str]]:
         """n captions per image: nucleus sampling (top_p), or the n best of beam search when
-        `beam` is given."""
+        `beam` is given. `lang` ("en" / "zh", one for all or one per image) keeps each
+        caption in that language by banning the other script's tokens; None leaves it free."""
         max_len = max_len or self.cfg.text.max_len
         gen = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
         out: list[list[str]] = []
+        langs = [lang] * len(images) if lang is None or isinstance(lang, str) else list(lang)
+        if len(langs) != len(images):
+            raise ValueError(f"caption: got {len(langs)} languages for {len(images)} images")
         for i in range(0, len(images), self.batch_size):
             embeds, _ = self.image_embeddings(images[i:i + self.batch_size])
+            ban = self._language_ban(langs[i:i + self.batch_size])
             with self._amp():
                 if beam:
-                    seqs = beam_search(self.model, embeds, beam=beam, n=n, max_len=max_len, min_len=min_len)
+                    seqs = beam_search(self.model, embeds, beam=beam, n=n, max_len=max_len, min_len=min_len,
+                                       row_ban=ban)
                 else:
                     seqs = sample(self.model, embeds, n=n, top_p=top_p, max_len=max_len,
-                                  min_len=min_len, generator=gen)
+                                  min_len=min_len, generator=gen, row_ban=ban)
             out += [[self.tok.decode(s) for s in per_image] for per_image in seqs]
         return out

@@ -68,6 +68,23 @@ class TextTokenizer:
                       return_tensors="pt")
         return enc["input_ids"], enc["attention_mask"]
 
+    def off_script_tokens(self, lang: str | None) -> torch.Tensor | None:
+        """Bool mask over the vocabulary of tokens that cannot appear in a `lang` caption: any
+        token with a Han character for "en", any with a Latin letter for "zh"; None for other
+        languages. Banning them at decode time keeps a bilingual decoder in the row's language."""
+        base = str(lang or "").lower().split("-")[0]
+        if base not in ("en", "zh"):
+            return None
+        cache = self.__dict__.setdefault("_script_masks", {})
+        if base not in cache:
+            vocab = self.hf.get_vocab()
+            mask = torch.zeros(max(len(self.hf), max(vocab.values()) + 1), dtype=torch.bool)
+            bad = _has_han if base == "en" else _has_latin
+            for tok, i in vocab.items():
+                mask[i] = bad(tok.removeprefix("##"))
+            cache[base] = mask
+        return cache[base]
+
     def decode(self, ids: list[int]) -> str:
         text = self.hf.decode(ids, skip_special_tokens=True)
         return _join_cjk(text)
@@ -81,6 +98,15 @@ def _join_cjk(text: str) -> str:
             continue
         out.append(ch)
     return "".join(out)
+
+
+def _has_han(tok: str) -> bool:
+    return any(0x4E00 <= ord(c) <= 0x9FFF or 0x3400 <= ord(c) <= 0x4DBF or 0xF900 <= ord(c) <= 0xFAFF
+               for c in tok)
+
+
+def _has_latin(tok: str) -> bool:
+    return any("a" <= c.lower() <= "z" for c in tok)
 
 
 def _is_cjk(ch: str) -> bool:
