@@ -48,6 +48,8 @@ def main() -> None:
     ap.add_argument("--web-threshold", type=float, default=0.25, help="CapFilt ITM threshold for web captions")
     ap.add_argument("--synth-threshold", type=float, default=0.25,
                     help="CapFilt ITM threshold for synthetic captions")
+    ap.add_argument("--synth-margin", type=float, default=None,
+                    help="CapFilt keeps a synthetic caption only if it outscores the web caption by this")
     ap.add_argument("--capfilt-filter", choices=["itm", "itc"], default="itm",
                     help="what scores captions in (d) and (e): the filter head's ITM (BLIP) or its ITC cosine")
     ap.add_argument("--beam", type=int, default=None,
@@ -78,7 +80,7 @@ def main() -> None:
                            score={"batch_size": 64, "rows_per_call": 512},
                            capfilt={"n_captions": 3, "max_synthetic": 2, "batch_size": 32, "beam": args.beam,
                                     "web_threshold": args.web_threshold,
-                                    "synth_threshold": args.synth_threshold},
+                                    "synth_threshold": args.synth_threshold, "synth_margin": args.synth_margin},
                            capfilt_filter=args.capfilt_filter,
                            select={"keep_top_fraction": args.keep_top})
     base = {"input": {"path": str(corpus / "urls.parquet")}, "executor": "local", "shard_size": 500,

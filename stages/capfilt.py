@@ -5,7 +5,10 @@ with `top_p`, BLIP's 0.9; or the n best of beam search with `beam`). A filter sc
 caption and each synthetic one. The recipe rules then decide what the sample keeps:
 
 * the web caption, if its score >= `web_threshold` (BLIP's 0.5 for an ITM head);
-* up to `max_synthetic` synthetic captions whose score >= `synth_threshold`, best first
+* up to `max_synthetic` synthetic captions whose score >= `synth_threshold`, best first; with
+  `synth_margin` set, a synthetic caption must also outscore the row's web caption by that much
+  (a captioner weaker than the web text then only replaces captions the filter doubts, instead
+  of adding its noise to rows whose web caption is fine);
   (duplicates and copies of the web caption are dropped before scoring);
 * `capfilt_pass` is False when no caption survives; `select` turns that into reason `capfilt`.
 
@@ -76,6 +79,7 @@ class CapfiltConfig(BaseModel):
     min_len: int = Field(default=3, ge=0)
     web_threshold: float = 0.5
     synth_threshold: float = 0.5
+    synth_margin: float | None = None                 # set: synthetic must beat the web score by this
     max_synthetic: int = Field(default=1, ge=0)       # synthetic captions a sample may keep
     primary: Literal["web", "best"] = "web"
     synthetic_language: Literal["match", "any"] = "match"
@@ -140,8 +144,12 @@ class Candidate:
 
 
 def decide(candidates: Sequence[Candidate], web_threshold: float, synth_threshold: float,
-           max_synthetic: int, primary: str = "web") -> tuple[list[Candidate], bool]:
+           max_synthetic: int, primary: str = "web",
+           synth_margin: float | None = None) -> tuple[list[Candidate], bool]:
     """Kept captions (primary first) and whether the sample passes capfilt."""
+    web_scores = [c.score for c in candidates if c.origin == "web" and c.score is not None]
+    if synth_margin is not None and web_scores:
+        synth_threshold = max(synth_threshold, max(web_scores) + synth_margin)
     web = [c for c in candidates if c.origin == "web" and c.score is not None
            and c.score >= web_threshold]
     synth = [c for c in candidates if c.origin == "synthetic" and c.score is not None
@@ -318,7 +326,7 @@ class CapfiltStage(Stage):
             fspec = self.filter_specs[flt_key[i]]  # type: ignore[index]
             wt = fspec.web_threshold if fspec.web_threshold is not None else c.web_threshold
             st = fspec.synth_threshold if fspec.synth_threshold is not None else c.synth_threshold
-            kept, ok = decide(cl, wt, st, c.max_synthetic, c.primary)
+            kept, ok = decide(cl, wt, st, c.max_synthetic, c.primary, c.synth_margin)
             kept_col[i] = [k.as_dict() for k in kept]
             cand_col[i] = [k.as_dict() for k in cl]
             pass_col[i] = ok

@@ -92,6 +92,13 @@ def test_decide_rules():
     assert not ok and kept == []                                   # web fails, no synthetic allowed
     kept, ok = decide(c, 0.51, 0.6, max_synthetic=2)
     assert ok and [k.text for k in kept] == ["s2", "s1"]           # best synthetic becomes primary
+    # with a margin, a synthetic caption must outscore the web one: 0.5 + 0.25 lets only s2 in
+    kept, _ = decide(c, 0.5, 0.0, max_synthetic=5, synth_margin=0.25)
+    assert [k.text for k in kept] == ["web", "s2"]
+    kept, _ = decide(c, 0.5, 0.0, max_synthetic=5, synth_margin=0.0)
+    assert [k.text for k in kept] == ["web", "s2", "s1"]
+    kept, ok = decide([Candidate("x", "synthetic", 0.3)], 0.5, 0.2, 3, synth_margin=0.5)
+    assert ok and kept[0].text == "x"  # no web caption to beat
     kept, ok = decide([Candidate("x", "synthetic", None)], 0.0, 0.0, 3)
     assert not ok                                                  # unscored never kept
 
