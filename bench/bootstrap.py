@@ -60,6 +60,8 @@ def main() -> None:
                     help="share of rows whose caption describes another image (web alt-text is often this bad)")
     ap.add_argument("--wrong-attribute", type=float, default=0.15,
                     help="share of rows whose caption gets one attribute wrong")
+    ap.add_argument("--variants", default="abcde",
+                    help="which variants to run, e.g. abc (b always runs: the others start from it)")
     ap.add_argument("--out", default="bench_out/bootstrap")
     args = ap.parse_args()
 
@@ -96,14 +98,19 @@ def main() -> None:
             share_model_free_outputs(out / "b" / "run", out / name / "run")
         raw = {**base, "workdir": str(out / "a" / "run"), "stages": ["download", "annotate", "select", "export"],
                "select": PERMISSIVE}
-        results["a raw"] = run_round(raw, bcfg, out / "a", labels, "a", "a")
-        results["c +score"] = run_round(model_recipe(base, bcfg, out / "b", out / "c" / "run", capfilt=False),
-                                        bcfg, out / "c", labels, "c", "c")
-        results["d +capfilt"] = run_round(model_recipe(base, bcfg, out / "b", out / d / "run"),
-                                          bcfg, out / d, labels, d, d)
-        results["e round 2"] = run_round(model_recipe(base, bcfg, out / d, out / e / "run"),
-                                         bcfg, out / e, labels, e, e)
-    order = ["a raw", "b rules", "c +score", "d +capfilt", "e round 2"]
+        want = set(args.variants)
+        if "a" in want:
+            results["a raw"] = run_round(raw, bcfg, out / "a", labels, "a", "a")
+        if "c" in want:
+            results["c +score"] = run_round(model_recipe(base, bcfg, out / "b", out / "c" / "run", capfilt=False),
+                                            bcfg, out / "c", labels, "c", "c")
+        if want & {"d", "e"}:
+            results["d +capfilt"] = run_round(model_recipe(base, bcfg, out / "b", out / d / "run"),
+                                              bcfg, out / d, labels, d, d)
+        if "e" in want:
+            results["e round 2"] = run_round(model_recipe(base, bcfg, out / d, out / e / "run"),
+                                             bcfg, out / e, labels, e, e)
+    order = [v for v in ("a raw", "b rules", "c +score", "d +capfilt", "e round 2") if v in results]
     print(f"\ncorpus {args.rows} rows (seed {args.seed}), {args.steps} steps x batch {args.batch_size} per model "
           f"(+{args.head_steps} per head), eval on {args.eval_images} held-out images; {time.perf_counter() - t0:.0f}s")
     cols = [("kept", "kept")]
