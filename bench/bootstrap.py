@@ -9,7 +9,11 @@ Same tiny model, same training budget, same held-out split; only the curation ch
 Prints retrieval R@1/5/10 both ways (ITC and ITM re-rank), caption attribute accuracy, and the
 share of each noise label that survived into the training set.
 
-    .venv/bin/python bench/bootstrap.py --rows 2000 --steps 600 --head-steps 100 --out bench_out/bootstrap
+    .venv/bin/python bench/bootstrap.py --rows 2000 --steps 600 --head-steps 100 --eval-images 100 \
+        --keep-top 0.7 --out bench_out/bootstrap
+    # CapFilt tuned for a weak captioner, on the same a-c (folders d_itc, e_itc):
+    .venv/bin/python bench/bootstrap.py ...same... --capfilt-filter itc --beam 3 --web-threshold 0 \
+        --synth-threshold 0 --synth-margin 0 --tag _itc
 """
 from __future__ import annotations
 
