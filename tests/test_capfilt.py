@@ -37,10 +37,12 @@ class StubCaptioner(Captioner):
     def __init__(self, by_color: dict[tuple, list[str]]):
         self.by_color = by_color
         self.calls: list[int] = []
+        self.langs: list = []
         self.name = "stub"
 
     def caption(self, images, n, top_p=0.9, max_len=30, beam=None, min_len=3, seed=None, lang=None):
         self.calls.append(len(images))
+        self.langs.append(lang)
         return [self.by_color[im.getpixel((0, 0))][:n] for im in images]
 
 
@@ -215,12 +217,21 @@ def test_per_language_captioners_and_language_match():
         {"image": _png(BLUE), "caption": "蓝", "decode_ok": True, "lang": "zh"},
     ]))
     assert en.calls == [1] and zh.calls == [1]
+    # each row's language (detected when the row has none) is passed on to steer the decoder
+    assert en.langs == [["en"]] and zh.langs == [["zh"]]
     caps = out.column("captions").to_pylist()
     # off-language synthetic captions are reported unscored and never kept
     assert [c["text"] for c in caps[0]] == ["red", "red square"]
     assert [c["text"] for c in caps[1]] == ["蓝", "蓝色方块"]
     cands = out.column("capfilt_candidates").to_pylist()
     assert cands[0][2] == {"text": "红色", "origin": "synthetic", "score": None}
+
+
+def test_any_language_leaves_the_decoder_free():
+    cap = StubCaptioner({RED: ["red square"]})
+    st = _stage({"red": 0.9, "red square": 0.8}, cap, n_captions=1, synthetic_language="any")
+    st.process(_table([{"image": _png(RED), "caption": "red", "decode_ok": True}]))
+    assert cap.langs == [None]
 
 
 def test_filter_only_and_config_errors():
