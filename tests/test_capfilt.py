@@ -457,3 +457,26 @@ def test_resolve_paths_relative_to_recipe(tmp_path):
     assert cfg.filters()["*"].clip.path == str(tmp_path / "oc")
     assert CapfiltConfig(filter={"kind": "albef", "path": "/abs/ckpt"}, n_captions=0
                          ).resolve_paths(tmp_path).filters()["*"].path == "/abs/ckpt"
+
+
+def test_select_rejects_a_sample_whose_captions_all_fail():
+    """capfilt's verdict reaches select: every caption failing means reason `capfilt`; a row
+    capfilt did not evaluate (null) is not judged on it."""
+    from pipeline.config import SelectConfig
+    from stages.select import SelectStage
+
+    cap = StubCaptioner({RED: ["red thing"], BLUE: ["wrong thing"]})
+    st = _stage({"red": 0.9, "red thing": 0.8, "blue": 0.1, "wrong thing": 0.2}, cap, n_captions=1,
+                web_threshold=0.5, synth_threshold=0.5)
+    out = st.process(_table([
+        {"image": _png(RED), "caption": "red", "decode_ok": True},
+        {"image": _png(BLUE), "caption": "blue", "decode_ok": True},
+        {"image": None, "caption": "gone", "decode_ok": False},
+    ]))
+    assert out.column("capfilt_pass").to_pylist() == [True, False, None]
+    sel = SelectStage(SelectConfig(), None)
+    cols = sel.needed_columns(["uid", *out.column_names])
+    assert "capfilt_pass" in cols
+    res = sel.process(out.select(cols).append_column("uid", pa.array(range(3), pa.int64())))
+    assert res.column("decision").to_pylist() == ["kept", "rejected", "kept"]
+    assert res.column("reason").to_pylist() == [None, "capfilt", None]
