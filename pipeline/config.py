@@ -129,8 +129,8 @@ class BootstrapConfig(Strict):
     eval_max_images: int | None = Field(None, ge=1)
     eval_lang: Literal["en", "zh", "both"] = "both"
     # What scores captions in later rounds' capfilt: the filter head's ITM probability (BLIP), or
-    # its ITC cosine. Measured on bench/bootstrap.py after 600 CPU steps, ITM told right from wrong
-    # captions no better than chance (AUC 0.50) while ITC did (0.68); ITM needs a longer budget.
+    # its ITC cosine. Measured by bench/capfilt_probe.py after 600 CPU steps, ITM told right from
+    # wrong captions barely better than chance (AUC 0.47-0.58) and ITC web ones did (0.70-0.85).
     capfilt_filter: Literal["itm", "itc"] = "itm"
     # Settings merged into later rounds' score / capfilt / select sections (the model paths are
     # filled in by the bootstrap), e.g. select: {keep_top_fraction: 0.8}.
