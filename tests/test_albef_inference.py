@@ -61,6 +61,15 @@ def test_caption_language_is_steered_per_image(ckpt):
         inf.caption(imgs, lang=["en"])
 
 
+def test_caption_never_starts_with_a_continuation_piece(ckpt):
+    inf = AlbefInference.load(ckpt / "ckpt")
+    assert any(t.startswith("##") for t in inf.tok.hf.get_vocab())
+    imgs = [toy_sample(c, "left") for c in ("red", "blue", "green", "yellow")]
+    caps = [c for per in inf.caption(imgs, n=6, top_p=1.0, seed=3, max_len=6) for c in per]
+    caps += [c for per in inf.caption(imgs, n=3, beam=3, max_len=6) for c in per]
+    assert caps and not any(c.startswith("##") for c in caps), [c for c in caps if c.startswith("##")]
+
+
 def test_eval_runs_on_split(ckpt):
     from models.albef.eval import evaluate
     m = evaluate(ckpt / "ckpt", ckpt / "test" / "test.parquet", k=4, beam=2)

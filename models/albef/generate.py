@@ -1,7 +1,8 @@
 """Caption generation with the image-grounded decoder: nucleus sampling (BLIP's CapFilt uses
 it for diverse synthetic captions) or beam search. The sequence is re-run each step without a
 key/value cache: captions are short (<= ~30 tokens), so the simpler loop costs little.
-`row_ban` ((B, V) bool, one row per image) bans tokens per image, e.g. the other language's.
+`row_ban` ((B, V) bool, one row per image) bans tokens per image, e.g. the other language's;
+`start_ban` ((V,) bool) bans tokens as the first one, e.g. WordPiece continuation pieces.
 """
 from __future__ import annotations
 
@@ -13,13 +14,17 @@ from .model import AlbefModel
 
 def _step_logits(model: AlbefModel, ids: torch.Tensor, image_embeds: torch.Tensor,
                  banned: torch.Tensor, sep: int, allow_sep: bool,
-                 row_ban: torch.Tensor | None = None) -> torch.Tensor:
+                 row_ban: torch.Tensor | None = None,
+                 start_ban: torch.Tensor | None = None) -> torch.Tensor:
     mask = torch.ones_like(ids)
     logits = model.decoder_logits(ids, mask, image_embeds)[:, -1].float()
     logits[:, banned] = float("-inf")
     if row_ban is not None:
         w = min(row_ban.shape[1], logits.shape[1])
         logits[:, :w].masked_fill_(row_ban[:, :w], float("-inf"))
+    if start_ban is not None and ids.shape[1] == 1:  # only [CLS] so far
+        w = min(start_ban.shape[0], logits.shape[1])
+        logits[:, :w].masked_fill_(start_ban[:w].to(logits.device), float("-inf"))
     if not allow_sep:
         logits[:, sep] = float("-inf")
     return logits
@@ -28,7 +33,8 @@ def _step_logits(model: AlbefModel, ids: torch.Tensor, image_embeds: torch.Tenso
 @torch.no_grad()
 def sample(model: AlbefModel, image_embeds: torch.Tensor, n: int = 1, top_p: float = 0.9,
            max_len: int = 30, min_len: int = 3, generator: torch.Generator | None = None,
-           row_ban: torch.Tensor | None = None) -> list[list[list[int]]]:
+           row_ban: torch.Tensor | None = None, start_ban: torch.Tensor | None = None
+           ) -> list[list[list[int]]]:
     """Nucleus sampling: n token-id sequences per image (without [CLS]/[SEP])."""
     tk = model.tokens
     b = image_embeds.shape[0]
@@ -38,7 +44,7 @@ def sample(model: AlbefModel, image_embeds: torch.Tensor, n: int = 1, top_p: flo
     banned = torch.tensor([s for s in tk.special if s != tk.sep], device=emb.device)
     ban = None if row_ban is None else row_ban.to(emb.device).repeat_interleave(n, dim=0)
     for t in range(max_len):
-        logits = _step_logits(model, ids, emb, banned, tk.sep, t >= min_len, ban)
+        logits = _step_logits(model, ids, emb, banned, tk.sep, t >= min_len, ban, start_ban)
         probs = F.softmax(logits, dim=-1)
         sp, si = probs.sort(dim=-1, descending=True)
         # keep the smallest prefix whose mass reaches top_p (always at least the top token)
@@ -57,8 +63,8 @@ def sample(model: AlbefModel, image_embeds: torch.Tensor, n: int = 1, top_p: flo
 
 @torch.no_grad()
 def beam_search(model: AlbefModel, image_embeds: torch.Tensor, beam: int = 3, n: int = 1,
-                max_len: int = 30, min_len: int = 3, row_ban: torch.Tensor | None = None
-                ) -> list[list[list[int]]]:
+                max_len: int = 30, min_len: int = 3, row_ban: torch.Tensor | None = None,
+                start_ban: torch.Tensor | None = None) -> list[list[list[int]]]:
     """Beam search with length-normalised scores; the n best finished beams per image."""
     if n > beam:
         raise ValueError(f"cannot return n={n} captions from beam={beam}; use n <= beam")
@@ -75,7 +81,8 @@ def beam_search(model: AlbefModel, image_embeds: torch.Tensor, beam: int = 3, n:
     # beams are reordered within an image only, so the per-image ban stays aligned
     ban = None if row_ban is None else row_ban.to(dev).repeat_interleave(beam, dim=0)
     for t in range(max_len):
-        logp = F.log_softmax(_step_logits(model, ids, emb, banned, tk.sep, t >= min_len, ban), dim=-1)
+        logp = F.log_softmax(_step_logits(model, ids, emb, banned, tk.sep, t >= min_len, ban, start_ban),
+                             dim=-1)
         vocab = logp.shape[-1]
         # a finished beam can only be extended by padding, at no cost
         logp[done] = float("-inf")

@@ -140,12 +140,14 @@ class AlbefInference:
         for i in range(0, len(images), self.batch_size):
             embeds, _ = self.image_embeddings(images[i:i + self.batch_size])
             ban = self._language_ban(langs[i:i + self.batch_size])
+            start = self.tok.continuation_tokens()
             with self._amp():
                 if beam:
                     seqs = beam_search(self.model, embeds, beam=beam, n=n, max_len=max_len, min_len=min_len,
-                                       row_ban=ban)
+                                       row_ban=ban, start_ban=start)
                 else:
                     seqs = sample(self.model, embeds, n=n, top_p=top_p, max_len=max_len,
-                                  min_len=min_len, generator=gen, row_ban=ban)
+                                  min_len=min_len, generator=gen, row_ban=ban,
+                                  start_ban=start)
             out += [[self.tok.decode(s) for s in per_image] for per_image in seqs]
         return out

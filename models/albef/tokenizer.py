@@ -85,6 +85,16 @@ class TextTokenizer:
             cache[base] = mask
         return cache[base]
 
+    def continuation_tokens(self) -> torch.Tensor:
+        """Bool mask of WordPiece continuation pieces ("##…"): a caption cannot start with one."""
+        if "_continuation" not in self.__dict__:
+            vocab = self.hf.get_vocab()
+            mask = torch.zeros(max(len(self.hf), max(vocab.values()) + 1), dtype=torch.bool)
+            for tok, i in vocab.items():
+                mask[i] = tok.startswith("##")
+            self.__dict__["_continuation"] = mask
+        return self.__dict__["_continuation"]
+
     def decode(self, ids: list[int]) -> str:
         text = self.hf.decode(ids, skip_special_tokens=True)
         return _join_cjk(text)
