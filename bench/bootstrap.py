@@ -68,6 +68,8 @@ def main() -> None:
                     help="which variants to run, e.g. abc (b always runs: the others start from it)")
     ap.add_argument("--out", default="bench_out/bootstrap")
     args = ap.parse_args()
+    if not args.variants or set(args.variants) - set("abcde"):
+        ap.error(f"--variants takes letters from abcde (e.g. abc), not {args.variants!r}")
 
     from pipeline.bootstrap import model_recipe, run_round, share_model_free_outputs
     from pipeline.config import BootstrapConfig

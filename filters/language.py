@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
+from filters.scripts import HAN_RE
+
 try:  # pragma: no cover - which branch runs depends on the environment
     import rjieba as _rjieba
 
@@ -45,10 +47,7 @@ except ImportError:  # pragma: no cover
 
 LANGUAGES = ("zh", "en", "other")
 
-_HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ebef\U00030000-\U0003134f"
-HAN_RE = re.compile(f"[{_HAN}]")
 KANA_HANGUL_RE = re.compile("[\u3040-\u30ff\u31f0-\u31ff\u1100-\u11ff\u3130-\u318f\uac00-\ud7af]")
-_LATIN_LETTER_RE = re.compile("[A-Za-z\u00c0-\u024f]")
 _LATIN_WORD_RE = re.compile("[A-Za-z\u00c0-\u024f]+")
 _LETTER_RE = re.compile(r"[^\W\d_]")
 # A token counts as a word if it holds a letter, digit or Han character (not punctuation/space).

@@ -11,6 +11,8 @@ import torch
 from tokenizers import BertWordPieceTokenizer
 from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerBase
 
+from filters.scripts import HAN_RE, LATIN_LETTER_RE
+
 from .model import TokenIds
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -111,12 +113,11 @@ def _join_cjk(text: str) -> str:
 
 
 def _has_han(tok: str) -> bool:
-    return any(0x4E00 <= ord(c) <= 0x9FFF or 0x3400 <= ord(c) <= 0x4DBF or 0xF900 <= ord(c) <= 0xFAFF
-               for c in tok)
+    return HAN_RE.search(tok) is not None
 
 
 def _has_latin(tok: str) -> bool:
-    return any("a" <= c.lower() <= "z" for c in tok)
+    return LATIN_LETTER_RE.search(tok) is not None
 
 
 def _is_cjk(ch: str) -> bool:
