@@ -57,14 +57,31 @@ def test_priority_ties_and_nan_fall_back_to_smallest_uid():
     assert set(semantic_dup_of(e, uids)) == {10}
 
 
-def test_chains_merge_and_groups_separate():
+def test_groups_are_stars_not_chains_and_groups_separate():
     a = np.array([1.0, 0.0, 0.0], np.float32)
     b = np.array([0.96, 0.28, 0.0], np.float32)      # cos(a, b) = 0.96
     c = np.array([0.8432, 0.5376, 0.0], np.float32)  # cos(b, c) ~ 0.96, cos(a, c) ~ 0.84
     e = np.stack([a, b, c])
-    assert list(semantic_dup_of(e, np.array([1, 2, 3]))) == [1, 1, 1]
+    # a is kept and takes b; c resembles nothing that is kept, so it stays (no chain a~b~c).
+    assert list(semantic_dup_of(e, np.array([1, 2, 3]))) == [1, 1, 3]
+    for index in ("flat", "ivf", "clustered"):
+        assert list(semantic_dup_of(e, np.array([1, 2, 3]), index=index, nlist=1)) == [1, 1, 3]
+    # b best (by priority): b is the centre of a star holding both a and c.
+    assert list(semantic_dup_of(e, np.array([1, 2, 3]), priority=np.array([0.1, 0.9, 0.2]))) == [2, 2, 2]
     same = np.stack([a, a, a])
     assert list(semantic_dup_of(same, np.array([1, 2, 3]), groups=np.array(["en", "zh", "en"]))) == [1, 2, 1]
+
+
+def test_bucket_pairs_match_brute_force():
+    from filters.dedup.semantic import semantic_bucket_pairs
+
+    emb, _ = _planted(400, 60, seed=4)
+    uids = np.random.default_rng(0).permutation(len(emb)) * 3
+    a, b = semantic_bucket_pairs(uids, emb, 0.94, chunk=64)
+    x = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    i, j = np.nonzero(np.triu(x @ x.T >= 0.94, 1))
+    want = {tuple(sorted(p)) for p in zip(uids[i].tolist(), uids[j].tolist())}
+    assert {tuple(sorted(p)) for p in zip(a.tolist(), b.tolist())} == want and len(want) >= 60
 
 
 def test_bad_rows_match_nothing_and_bad_input_is_named():

@@ -54,23 +54,74 @@ def _star_edges(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     keep = leader != idx
     return idx[keep], leader[keep]
 
+
 def _check_len(name: str, col: Any, n: int) -> None:
     if len(col) != n:
         raise ValueError(f"dedup column {name!r} has {len(col)} rows, uids has {n}: columns must be row-aligned")
 
 
+def best_first(uids: Any, passes: Any = None, clip: Any = None, area: Any = None) -> np.ndarray:
+    """Row order, best first, that picks every group's representative (README "dedup keeps the
+    best member"): rows that pass select's other rules (caption, image size, decode...) first,
+    then the higher CLIP score (unscored last), then the larger image, then the smaller uid.
+    A total order on row attributes alone, so no path or partitioning can change a choice."""
+    uids = np.asarray(uids, np.int64)
+    n = len(uids)
+    keys = [uids]
+    if area is not None:
+        keys.append(-np.nan_to_num(np.asarray(area, np.float64), nan=0.0))
+    if clip is not None:
+        c = np.asarray(clip, np.float64)
+        keys.append(-np.where(np.isnan(c), -np.inf, c))
+    if passes is not None:
+        keys.append(~np.asarray(passes, bool))
+    return np.lexsort(keys) if n else np.zeros(0, np.int64)
+
+
+def rank_of(order: np.ndarray) -> np.ndarray:
+    """Position of every row in `order` (0 = best)."""
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    return rank
+
+
 def _representatives(n: int, rows: np.ndarray, cols: np.ndarray, uids: np.ndarray,
-                     area: np.ndarray) -> np.ndarray:
+                     rank: np.ndarray) -> np.ndarray:
+    """Connected components of the edges; each represented by its lowest-rank row."""
     graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(n, n))
     _, comp = connected_components(graph, directed=False)
-    # Best first within each component: larger area, then smaller uid.
-    order = np.lexsort((uids, -area, comp))
+    order = np.lexsort((rank, comp))
     sorted_comp = comp[order]
     first = np.ones(n, dtype=bool)
     first[1:] = sorted_comp[1:] != sorted_comp[:-1]
     rep_of_comp = np.empty(comp.max() + 1 if n else 0, dtype=np.int64)
     rep_of_comp[sorted_comp[first]] = uids[order[first]]
     return rep_of_comp[comp]
+
+
+def edge_components(a: np.ndarray, b: np.ndarray, rank_key: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """(uids, rep) for every uid that appears in an edge (a[i], b[i]) of uids: exact groups built
+    from the edges alone, so memory follows the duplicates, not the corpus. rank_key(uids) gives
+    the best-first order of those uids (default: smallest uid)."""
+    a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+    nodes, inv = np.unique(np.concatenate([a, b]), return_inverse=True)
+    if not len(nodes):
+        return nodes, nodes.copy()
+    order = np.arange(len(nodes)) if rank_key is None else rank_key(nodes)
+    reps = _representatives(len(nodes), inv[:len(a)], inv[len(a):], nodes, rank_of(order))
+    return nodes, reps
+
+
+def edge_stars(a: np.ndarray, b: np.ndarray, rank_key: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """(uids, centre uid) for every uid in an edge: star groups (see star_groups) over the edges
+    alone, visiting uids best first by rank_key(uids) (default: smallest uid)."""
+    a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+    nodes, inv = np.unique(np.concatenate([a, b]), return_inverse=True)
+    if not len(nodes):
+        return nodes, nodes.copy()
+    order = np.arange(len(nodes)) if rank_key is None else rank_key(nodes)
+    centre = star_groups(len(nodes), inv[:len(a)], inv[len(a):], np.asarray(order, np.int64))
+    return nodes, nodes[centre]
 
 
 def star_groups(n: int, a: np.ndarray, b: np.ndarray, order: np.ndarray) -> np.ndarray:

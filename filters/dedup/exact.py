@@ -10,19 +10,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from filters.dedup.core import _check_len, _representatives, _star_edges, factorize
+from filters.dedup.core import _check_len, _representatives, _star_edges, best_first, factorize, rank_of
 from filters.dedup.near import DEFAULT_MAX_DISTANCE, _as_hashes, _phash_row_pairs
 
 KEY_ORDER = ("url", "sha256", "caption", "caption_sha256")
 
 
-def dup_of(uids: Any, *, area: Any = None, keys: Mapping[str, Any] | None = None,
+def dup_of(uids: Any, *, area: Any = None, rank: Any = None, keys: Mapping[str, Any] | None = None,
            phash: Any = None, phash_valid: Any = None,
            max_distance: int | None = DEFAULT_MAX_DISTANCE,
            phash_verify: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """Representative uid for every row (int64; a representative or unique row has its own uid).
 
     uids: unique int64 per row. area: width*height per row (None/NaN -> 0) to pick the largest.
+    rank: instead of area, each row's position in the best-first order (core.best_first).
     keys: exact-duplicate key columns, e.g. {"url": urls, "sha256": shas, "caption": caption_keys,
       "caption_sha256": pair_codes(...)}; missing values (None, '', -1 codes) never match.
     phash: uint64 array (see hashing.phash_to_uint64) or hex strings; phash_valid marks rows that
@@ -63,7 +64,11 @@ def dup_of(uids: Any, *, area: Any = None, keys: Mapping[str, Any] | None = None
     c = np.concatenate(cols) if cols else np.empty(0, np.int64)
     if n == 0:
         return uids.copy()
-    return _representatives(n, r, c, uids, area_arr)
+    if rank is None:
+        rank = rank_of(best_first(uids, area=area_arr))
+    else:
+        _check_len("rank", rank, n)
+    return _representatives(n, r, c, uids, np.asarray(rank, np.int64))
 
 
 def exact_dup_of(keys: Any, uids: Any, area: Any = None) -> np.ndarray:

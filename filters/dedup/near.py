@@ -224,19 +224,22 @@ def near_summary(sigs: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray
 
 
 def near_candidates(sigs: np.ndarray, k: int = NEAR_NEIGHBORS, max_rms: float | None = NEAR_MAX_RMS,
-                    rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    rows: np.ndarray | None = None, exact: bool = False,
+                    vec: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Index pairs (i < j, positions in `rows`, default all) where one is among the other's k
     nearest neighbours on the 8x8 block means of the thumbnail (a crop of a few percent moves
     these little), keeping pairs whose block means differ by at most max_rms (root mean square,
-    0-255; None keeps all)."""
+    0-255; None keeps all). exact: flat search whatever the size (a bucket of the distributed
+    path must give the same pairs wherever it runs; HNSW builds are not reproducible).
+    vec: the summaries when already computed."""
     import faiss
 
-    vec = near_summary(sigs, rows)
+    vec = near_summary(sigs, rows) if vec is None else vec
     n = len(vec)
     if n < 2:
         return np.empty(0, np.int64), np.empty(0, np.int64)
     d = vec.shape[1]
-    index = faiss.IndexFlatL2(d) if n <= _EXACT_INDEX_MAX else faiss.IndexHNSWFlat(d, 32)
+    index = faiss.IndexFlatL2(d) if exact or n <= _EXACT_INDEX_MAX else faiss.IndexHNSWFlat(d, 32)
     if isinstance(index, faiss.IndexHNSWFlat):
         index.hnsw.efSearch = max(64, 4 * k)
     index.add(vec)
@@ -347,11 +350,12 @@ def near_verify(sigs: np.ndarray, log_aspect: np.ndarray, a: np.ndarray, b: np.n
 
 
 def near_dup_of(uids: Any, sigs: np.ndarray, valid: np.ndarray, log_aspect: np.ndarray, *,
-                area: Any = None, neighbors: int = NEAR_NEIGHBORS, max_diff: float = NEAR_MAX_DIFF,
+                area: Any = None, rank: Any = None, neighbors: int = NEAR_NEIGHBORS, max_diff: float = NEAR_MAX_DIFF,
                 max_crop: float = NEAR_MAX_CROP, max_texture: float = NEAR_MAX_TEXTURE,
                 max_chroma: float = NEAR_MAX_CHROMA, max_rms: float | None = NEAR_MAX_RMS) -> np.ndarray:
     """Representative uid per row for near-duplicate images (rows without a valid signature keep
-    their own uid). Representative: largest area, then smallest uid."""
+    their own uid). Representative: lowest `rank` (core.best_first position) when given, else the
+    largest area, then the smallest uid."""
     uids = np.asarray(uids, np.int64)
     n = len(uids)
     _check_len("near_sig", sigs, n)
@@ -365,7 +369,27 @@ def near_dup_of(uids: Any, sigs: np.ndarray, valid: np.ndarray, log_aspect: np.n
     a, b = near_candidates(sigs, neighbors, max_rms, rows=rows)
     ok = near_verify(sigs, log_aspect, rows[a], rows[b], max_diff=max_diff, max_crop=max_crop,
                      max_texture=max_texture, max_chroma=max_chroma)
-    order = np.lexsort((uids[rows], -area_arr[rows]))
+    order = np.argsort(np.asarray(rank, np.int64)[rows], kind="stable") if rank is not None \
+        else np.lexsort((uids[rows], -area_arr[rows]))
     centre = star_groups(len(rows), a[ok], b[ok], order)
     out[rows] = uids[rows][centre]
     return out
+
+
+def near_bucket_pairs(uids: np.ndarray, sigs: np.ndarray, log_aspect: np.ndarray, *,
+                      neighbors: int = NEAR_NEIGHBORS, max_diff: float = NEAR_MAX_DIFF,
+                      max_crop: float = NEAR_MAX_CROP, max_texture: float = NEAR_MAX_TEXTURE,
+                      max_chroma: float = NEAR_MAX_CHROMA, max_rms: float | None = NEAR_MAX_RMS
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Verified near-duplicate uid pairs inside one bucket (a cluster of the 8x8 summaries): exact
+    k-NN candidates, then the crop-aligned check. Rows are put in uid order first, so the pairs
+    depend on the bucket's rows only, not on how they arrived."""
+    uids = np.asarray(uids, np.int64)
+    if len(uids) < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    o = np.argsort(uids, kind="stable")
+    uids, sigs, log_aspect = uids[o], sigs[o], np.asarray(log_aspect, np.float64)[o]
+    a, b = near_candidates(sigs, neighbors, max_rms, exact=True)
+    ok = near_verify(sigs, log_aspect, a, b, max_diff=max_diff, max_crop=max_crop,
+                     max_texture=max_texture, max_chroma=max_chroma)
+    return uids[a[ok]], uids[b[ok]]

@@ -8,9 +8,12 @@ Pure numpy + faiss (no torch). Index choices:
   clustered  faiss k-means (nlist ~ sqrt(N)), each row probes its `nprobe` nearest centroids,
              and pairs are scored exactly by one BLAS matrix product per cluster. Same recall
              model as IVF, but GEMM runs ~10x faster than IVF's per-query scans on CPU.
-  auto       flat up to 20k rows; then ivf where faiss-gpu sees a GPU, else clustered. Groups are the connected
-components of the "cosine >= tau" graph, so a chain a~b~c lands in one group even when
-cos(a, c) < tau: that is what union-find over pairs gives, and what dedup wants (one kept).
+  auto       flat up to 20k rows; then ivf where faiss-gpu sees a GPU, else clustered.
+
+Groups are stars (core.star_groups), never chains: rows are visited best first and a row joins
+the first centre it is similar to, so in a chain a~b~c with cos(a, c) < tau, c is not dropped
+for a (connected components would drop c although nothing kept resembles it).
+semantic_bucket_pairs is the per-cluster step of the distributed path (stages/dedup.py).
 """
 from __future__ import annotations
 
@@ -18,8 +21,8 @@ from typing import Literal
 
 import faiss
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
+
+from filters.dedup.core import best_first, star_groups
 
 DEFAULT_THRESHOLD = 0.94
 FLAT_MAX_ROWS = 20_000   # above this, IVF: flat range search is O(N^2 D)
@@ -31,7 +34,7 @@ def semantic_dup_of(emb: np.ndarray, uids: np.ndarray, threshold: float = DEFAUL
                     index: Literal["auto", "flat", "ivf", "clustered"] = "auto",
                     nprobe: int = 8, nlist: int | None = None, k: int = 64,
                     groups: np.ndarray | None = None, use_gpu: bool | None = None,
-                    seed: int = 0) -> np.ndarray:
+                    seed: int = 0, rank: np.ndarray | None = None) -> np.ndarray:
     """Representative uid for every row (a row that duplicates nothing is its own).
 
     emb: (N, D) embeddings (normalised here; rows with NaN or zero norm match nothing).
@@ -39,6 +42,7 @@ def semantic_dup_of(emb: np.ndarray, uids: np.ndarray, threshold: float = DEFAUL
     the smaller uid, so the choice is deterministic whatever the row order.
     groups: optional (N,) labels; rows only match inside their group (e.g. per CLIP model,
     since embeddings of different models live in different spaces).
+    rank: optional (N,) position in the best-first order (core.best_first); overrides priority.
     """
     emb = np.asarray(emb)
     uids = np.asarray(uids)
@@ -68,7 +72,11 @@ def semantic_dup_of(emb: np.ndarray, uids: np.ndarray, threshold: float = DEFAUL
             rs.append(idx[e[0]])
             cs.append(idx[e[1]])
         rows, cols = np.concatenate(rs), np.concatenate(cs)
-    return _representatives(n, rows, cols, uids, priority)
+    if rank is not None:
+        order = np.argsort(np.asarray(rank, np.int64), kind="stable")
+    else:
+        order = best_first(uids, clip=None if priority is None else np.asarray(priority, np.float64))
+    return uids[star_groups(n, rows, cols, order)]
 
 
 def _normalise(emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -198,20 +206,23 @@ def _group_rows(labels: np.ndarray, n_groups: int,
     return [sorted_rows[bounds[i]:bounds[i + 1]] for i in range(n_groups)]
 
 
-def _representatives(n: int, rows: np.ndarray, cols: np.ndarray, uids: np.ndarray,
-                     priority: np.ndarray | None) -> np.ndarray:
-    graph = coo_matrix((np.ones(len(rows), np.int8), (rows, cols)), shape=(n, n))
-    _, comp = connected_components(graph, directed=False)
-    # Best row first: highest priority (NaN last), then smallest uid.
-    if priority is None:
-        order = np.lexsort((uids, comp))
-    else:
-        p = np.asarray(priority, dtype=np.float64)
-        p = np.where(np.isnan(p), -np.inf, p)
-        order = np.lexsort((uids, -p, comp))
-    sorted_comp = comp[order]
-    first = np.ones(n, bool)
-    first[1:] = sorted_comp[1:] != sorted_comp[:-1]
-    rep_of_comp = np.empty(comp.max() + 1, dtype=uids.dtype)
-    rep_of_comp[sorted_comp[first]] = uids[order[first]]
-    return rep_of_comp[comp]
+def semantic_bucket_pairs(uids: np.ndarray, emb: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
+                          chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """uid pairs (a < b) with cosine >= threshold inside one bucket (a k-means cluster): exact,
+    one matrix product per chunk of rows, in uid order so the result depends on the rows only."""
+    uids = np.asarray(uids, np.int64)
+    o = np.argsort(uids, kind="stable")
+    uids = uids[o]
+    x, valid = _normalise(np.asarray(emb)[o])
+    idx = np.flatnonzero(valid)
+    x, uids = x[idx], uids[idx]
+    ra, rb = [], []
+    for s in range(0, len(x), chunk):
+        sims = x[s:s + chunk] @ x[s:].T
+        r, c = np.nonzero(sims >= threshold)
+        keep = c > r
+        ra.append(uids[s + r[keep]])
+        rb.append(uids[s + c[keep]])
+    if not ra:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(ra), np.concatenate(rb)
