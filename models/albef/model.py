@@ -15,7 +15,7 @@ from torch import nn
 
 from . import losses as L
 from .config import AlbefConfig
-from .distributed import gather_no_grad, gather_with_grad, world
+from .distributed import batch_sizes, gather_no_grad, gather_with_grad, pad_to, world
 from .text import Head, TextDecoder, TextEncoder
 from .vit import VisionTransformer
 
@@ -140,8 +140,9 @@ class AlbefModel(nn.Module):
             text_bank = torch.cat([text_feat_m_all, self.text_queue.T.float()])
             sim_i2t_m = image_feat_m @ text_bank.T / temp
             sim_t2i_m = text_feat_m @ image_bank.T / temp
-        # The positives sit at this worker's slice of the gathered batch.
-        pos = torch.arange(b, device=ids.device) + rank * b
+        # The positives sit at this worker's slice of the gathered batch (workers' batches may
+        # differ in size when corrupt samples were dropped).
+        pos = torch.arange(b, device=ids.device) + sum(batch_sizes(b, ids.device)[:rank])
         sim_i2t = image_feat @ text_bank.T / temp
         sim_t2i = text_feat @ image_bank.T / temp
         out: dict[str, torch.Tensor] = {}
@@ -162,8 +163,12 @@ class AlbefModel(nn.Module):
         image_all = gather_with_grad(image_embeds)
         text_all = gather_with_grad(text_hidden)
         mask_all = gather_no_grad(mask)
-        ids_all = gather_no_grad(ids)
-        g = ids_all.shape[0]
+        ids_all = gather_no_grad(ids, pad=self.tokens.pad)
+        g, length = ids_all.shape
+        # Another worker's captions may be longer: pad ours (masked out) to the gathered length.
+        text_hidden = pad_to(text_hidden, (b, length, text_hidden.shape[2]))
+        mask = pad_to(mask, (b, length))
+        ids = pad_to(ids, (b, length), self.tokens.pad)
         with torch.no_grad():
             same = L.same_caption(ids, ids_all)
             same[torch.arange(b), pos] = True

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from . import checkpoint as C
 from .config import AlbefConfig, load_config
 from .data import EpochSampler, ShardDataset, gpu_augment, make_loader
+from .distributed import batch_sizes
 from .model import AlbefModel
 from .tokenizer import TextTokenizer
 
@@ -213,36 +214,43 @@ def _loop(cfg_json: str, data, out: str, steps: int | None, epochs: float | None
                 log.warning("step %d: %d bad samples skipped, e.g. %s", step, len(batch["errors"]),
                             batch["errors"][0])
             n = len(batch["captions"])
-            if world > 1:  # every worker must hand equal shapes to the gathers
-                n_t = torch.tensor([n], device=device)
-                dist.all_reduce(n_t, op=dist.ReduceOp.MIN)
-                n = int(n_t)
-            if n < 2:
+            # Workers' batches differ in size where corrupt samples were dropped (the gathers
+            # take that); all workers see the same sizes, so all take the same skip decision.
+            sizes = batch_sizes(n, device)
+            if min(sizes) == 0 or sum(sizes) < 2:
                 step += 1
                 continue
+            offset, global_n = sum(sizes[:rank]), sum(sizes)
             gen = torch.Generator().manual_seed(t.seed * 1_000_003 + step)
-            images = gpu_augment(batch["images"][:n].to(device, non_blocking=True),
+            images = gpu_augment(batch["images"].to(device, non_blocking=True),
                                  cfg.vision.image_size, tuple(t.crop_scale), generator=gen,
-                                 offset=rank * n, total=n * world)
-            ids, mask = tok(batch["captions"][:n], cfg.text.max_len)
+                                 offset=offset, total=global_n)
+            ids, mask = tok(batch["captions"], cfg.text.max_len)
             ids, mask = ids.to(device), mask.to(device)
             alpha = cfg.alpha * min(1.0, step / per_epoch) if epoch == 0 else cfg.alpha
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 terms = net(images, ids, mask, alpha=alpha)
             optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
+            # DDP averages gradients over workers; weighting each worker's mean loss by its share
+            # of the global batch makes that average the gradient of the global batch's mean.
+            share = n * world / global_n
+            (terms["loss"] * share).backward()
             if t.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
             optimizer.step()
             scheduler.step()
             step += 1
-            last = {k: float(v.detach()) for k, v in terms.items()}
+            # Reported terms are the global batch's means, as one process would print them.
+            values = torch.stack([v.detach().float() for v in terms.values()]) * (share / world)
+            if world > 1:
+                dist.all_reduce(values)
+            last = dict(zip(terms, values.tolist()))
             history.append(last["loss"])
             if bar is not None:
                 now = time.perf_counter()
                 bar.update(1)
                 bar.set_postfix({**{k: f"{v:.3f}" for k, v in last.items()},
-                                 "samples/s": f"{n * world / max(now - tick, 1e-9):.1f}"})
+                                 "samples/s": f"{global_n / max(now - tick, 1e-9):.1f}"})
                 tick = now
             if t.save_every and step % t.save_every == 0 and step < end:
                 C.save_training(out_dir, model, optimizer, scheduler, step, rank)
