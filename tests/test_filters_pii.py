@@ -33,7 +33,7 @@ def test_mobile_forms(phone):
     assert out == "联系电话:<手机号>,欢迎来电".replace(":", "：").replace(",", "，") and counts == {"phone": 1}
 
 
-@pytest.mark.parametrize("phone", ["010-88888888", "(010) 8888 8888", "0755-12345678", "021 6234 5678", "0571-8765432"])
+@pytest.mark.parametrize("phone", ["010-88888888", "(010) 8888 8888", "0755-12345678", "021 6234 5678", "0851-8234567"])
 def test_landline_forms(phone):
     out, counts = _zh(f"门店电话 {phone} 营业中")
     assert out == "门店电话 <电话> 营业中" and counts == {"phone": 1}
@@ -72,8 +72,9 @@ def test_bank_card_luhn():
 
 
 def test_us_phone():
-    out, counts = R.redact("Call (555) 123-4567 or +1 555.123.4567 today")
-    assert out == "Call <PHONE> or <PHONE> today" and counts == {"phone": 2}
+    # 555 is not an area code: "(555) 123-4567" is a film number, not a reachable phone.
+    out, counts = R.redact("Call (201) 555-0123 or +1 201.555.0123 today, not (555) 123-4567")
+    assert out == "Call <PHONE> or <PHONE> today, not (555) 123-4567" and counts == {"phone": 2}
 
 
 def test_fullwidth_digits_need_normalising_first():
@@ -93,7 +94,7 @@ def test_mixed_many():
     text = f"张三 13800138000 zs@qq.com {VALID_ID} 10.0.0.1 http://t.cn/abc"
     out, counts = _zh(text)
     assert counts == {"phone": 1, "email": 1, "id": 1, "ip": 1, "url": 1}
-    assert out == "张三 <手机号> <邮箱> <身份证号> <IP> <网址>"
+    assert out == "张三 <手机号> <邮箱> <身份证号> <IP地址> <网址>"
 
 
 def test_batch_and_unknown_type():
@@ -108,3 +109,142 @@ def test_prefixed_mobile_is_not_a_card():
     assert luhn_ok("8615316559241")
     assert R.redact("tel: +8615316559241", "en") == ("tel: <PHONE>", {"phone": 1})
     assert _zh("微信同号008615316559241")[1] == {"phone": 1}
+
+
+# --- issue 13: regional phones, look-alikes, placeholder language, action switch ---------------
+
+import phonenumbers  # noqa: E402
+from stdnum import ean, isbn  # noqa: E402
+
+from filters.pii import PLACEHOLDERS  # noqa: E402
+
+ZH_PHONE = {"<手机号>", "<电话>"}
+
+# The forms the issue found missed, as written there.
+ISSUE_PHONES = ["+852 6123 4567", "(852) 61234567", "0912-345-678", "+886 2 2752 1874",
+                "(02)2781-3888#51", "+853 6612 3456", "010-62345678", "(0755)86013388",
+                "0571-87654321转8001", "+86 10 6234 5678"]
+MORE_PHONES = ["6123 4567", "2821 2345", "0912345678", "+886 912 345 678", "0086 10 6234 5678",
+               "+44 20 7946 0958", "0044 20 7946 0958", "+81 3-1234-5678", "+1 (201) 555-0123 ext. 45",
+               "(201) 555-0123 x12", "0755-8601 3388 分机 203", "(02) 2781 3888 轉 51",
+               "+852-2123-4567", "852 6123 4567", "+853 2821 2345 #8"]
+
+
+@pytest.mark.parametrize("phone", ISSUE_PHONES + MORE_PHONES)
+def test_regional_phone_forms_whole_span_redacted(phone):
+    out, counts = _zh(f"订座电话：{phone}，欢迎光临")
+    assert counts == {"phone": 1}, out
+    assert out in {f"订座电话：{p}，欢迎光临" for p in ZH_PHONE}
+    out, counts = R.redact(f"Book a table: call {phone} today")
+    assert (out, counts) == ("Book a table: call <PHONE> today", {"phone": 1})
+
+
+def _forms(n: phonenumbers.PhoneNumber) -> list[str]:
+    F = phonenumbers.PhoneNumberFormat
+    e164 = phonenumbers.format_number(n, F.E164)
+    return [phonenumbers.format_number(n, F.INTERNATIONAL), phonenumbers.format_number(n, F.NATIONAL),
+            e164, "00" + e164[1:]]
+
+
+@pytest.mark.parametrize("region", ["CN", "HK", "MO", "TW", "US"])
+@pytest.mark.parametrize("kind", ["MOBILE", "FIXED_LINE"])
+def test_metadata_example_numbers_every_form(region, kind):
+    """libphonenumber's own example number of each region, in each written form."""
+    n = phonenumbers.example_number_for_type(region, getattr(phonenumbers.PhoneNumberType, kind))
+    for form in _forms(n):
+        out, counts = _zh(f"联系方式 {form} 周一至周五")
+        assert counts == {"phone": 1} and out.replace("<手机号>", "<电话>") == "联系方式 <电话> 周一至周五", form
+
+
+def test_mobile_and_landline_placeholders_by_number_type():
+    assert _zh("手機 6123 4567")[0] == "手機 <手机号>"
+    assert _zh("電話 (02)2781-3888")[0] == "電話 <电话>"
+
+
+def test_regions_are_a_setting():
+    cn_only = PiiRedactor(regions=["CN"])
+    assert cn_only.redact("电话 6123 4567", "zh")[1] == {}
+    assert cn_only.redact("电话 +852 6123 4567", "zh")[1] == {"phone": 1}  # a country code needs no region
+    with pytest.raises(ValueError, match="unknown phone regions"):
+        PiiRedactor(regions=["XX"])
+
+
+def _isbn13(body9: str, prefix: str = "978") -> str:
+    return prefix + body9 + ean.calc_check_digit(prefix + body9)
+
+
+def _luhn_isbn13() -> str:
+    """An ISBN-13 that also passes Luhn (one in ten do)."""
+    for i in range(1000):
+        code = _isbn13(f"{i * 7919 % 10 ** 9:09d}")
+        if luhn_ok(code):
+            return code
+    raise AssertionError("no Luhn-valid ISBN-13 in 1000 tries")
+
+
+def _lookalikes() -> list[str]:
+    i13 = _luhn_isbn13()
+    i10 = isbn.to_isbn10(_isbn13("022584197"))  # starts with 0: an area code to the old rules
+    upc = "04689671454" + ean.calc_check_digit("04689671454")
+    return [
+        f"ISBN {isbn.format(i10)}", f"ISBN: {i10}", i10, f"ISBN {isbn.format(i13)}", i13,
+        f"UPC {upc}", upc, "EAN 6901234567892", "6901234567892", "条码 6901234567892",
+        "APK 3.7.5.8", "Series v1.0.1.0", "build 10.0.19041.1", "version 2.0.0.1", "固件版本 1.2.3.4",
+        "2024-05-12", "2024.05.12", "12/05/2024", "拍摄于20240512", "$1,299.99", "售价 21234567 元",
+        "HK$ 61234567", "SKU: 61234567", "Item #52345678", "货号 21234567", "型号 6123-4567",
+        "Model 2015550123", "Part No. 5123 4567", "Order no: 0912345678",
+    ]
+
+
+@pytest.mark.parametrize("text", _lookalikes())
+def test_lookalikes_never_redacted(text):
+    for lang in ("zh", "en"):
+        out, counts = R.redact(f"see {text} here", lang)
+        assert (out, counts) == (f"see {text} here", {}), lang
+
+
+def test_ip_needs_non_version_context():
+    assert R.redact("server 192.168.1.20 down")[1] == {"ip": 1}
+    assert R.redact("IP: 10.0.0.1")[1] == {"ip": 1}
+    for t in ["APK 3.7.5.8", "Series v1.0.1.0", "ver 1.2.3.4", "app-3.7.5.8.apk", "版本 4.3.2.1"]:
+        assert R.redact(t)[1] == {}, t
+
+
+def test_cards_still_luhn_and_ids_still_checksum():
+    assert R.redact("card 4111 1111 1111 1111") == ("card <CARD>", {"card": 1})
+    assert R.redact("card 4222222222222") == ("card <CARD>", {"card": 1})  # 13 digits, not an EAN
+    assert _zh(f"证件 {VALID_ID}") == ("证件 <身份证号>", {"id": 1})
+
+
+@pytest.mark.parametrize("typ,text", [
+    ("phone", "13800138000"), ("phone", "+852 2123 4567"), ("email", "a.b@example.com"),
+    ("id", VALID_ID), ("card", "4111 1111 1111 1111"), ("ip", "10.0.0.1"), ("url", "https://t.cn/x"),
+])
+def test_placeholders_in_caption_language(typ, text):
+    zh, counts = _zh(f"详情 {text} 谢谢")
+    assert counts == {typ: 1}
+    mark = zh[len("详情 "):-len(" 谢谢")]
+    assert mark in PLACEHOLDERS["zh"].values() and any("\u4e00" <= c <= "\u9fff" for c in mark), mark
+    en, _ = R.redact(f"see {text} thanks")
+    mark = en[len("see "):-len(" thanks")]
+    assert mark in PLACEHOLDERS["en"].values() and mark.isascii(), mark
+
+
+def test_action_remove_and_reject():
+    from filters.pii import redact_pii
+
+    rm = PiiRedactor(action="remove")
+    assert rm.redact("call 13800138000 today") == ("call today", {"phone": 1})
+    assert rm.redact("联系电话：0571-87654321转8001，欢迎", "zh") == ("联系电话：，欢迎", {"phone": 1})
+    assert rm.redact("mail a.b@example.com") == ("mail", {"email": 1})
+    rej = PiiRedactor(action="reject")
+    assert rej.redact("call +852 6123 4567 now") == ("call <PHONE> now", {"phone": 1})
+    assert redact_pii("call +852 6123 4567 now", action="remove") == ("call now", {"phone": 1})
+    with pytest.raises(ValueError, match="unknown PII action"):
+        PiiRedactor(action="drop")
+
+
+def test_no_digits_no_candidates_fast_path():
+    from filters.pii import PHONE_SCAN_RE
+
+    assert PHONE_SCAN_RE.search("a dog runs on the grass near 12 trees in 2024") is None
