@@ -1,5 +1,7 @@
 """`mmcurate lexicon-audit LEXICON --sample CAPTIONS`: check a sensitive lexicon on real captions
-before using it, so that innocent substrings are caught before they mask or reject good data."""
+before using it, so that innocent substrings are caught before they mask or reject good data. It
+prints what the hygiene defaults exempt and why (an everyday word by jieba's counts, or an entry
+frequent in the sample itself), then what still hits."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +10,9 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from filters.sensitive import audit_lexicon, read_lexicon
+from filters.sensitive import (
+    DEFAULT_COMMON_RANK, DEFAULT_MAX_SHARE, SHARE_MIN_HITS, audit_lexicon, read_lexicon,
+)
 
 
 def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
@@ -28,6 +32,15 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     p.add_argument("--allowlist", default=None, help="file of allowed words/phrases, one per line")
     p.add_argument("--no-zh-boundaries", action="store_true",
                    help="let Chinese matches cross jieba word boundaries")
+    p.add_argument("--strict", default=None, metavar="FILE",
+                   help="entries to match whatever the exemptions say (annotate.sensitive_strict_file)")
+    p.add_argument("--common-rank", type=int, default=DEFAULT_COMMON_RANK,
+                   help="exempt general words among this many most frequent entries of jieba's "
+                        f"dictionary (annotate.sensitive_common_rank; default {DEFAULT_COMMON_RANK}; 0: off)")
+    p.add_argument("--max-share", type=float, default=DEFAULT_MAX_SHARE,
+                   help="exempt entries found in more than this share of the sample "
+                        f"(annotate.sensitive_max_share; default {DEFAULT_MAX_SHARE}; needs at least "
+                        f"{SHARE_MIN_HITS} hits)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)
     return p
@@ -79,9 +92,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         words = read_lexicon(args.lexicon)
         allow = read_lexicon(args.allowlist) if args.allowlist else []
+        strict = read_lexicon(args.strict) if args.strict else []
         report = audit_lexicon(words, iter_captions(args.sample, args.column, args.limit),
                                top=args.top, warn_rate=args.warn_rate, min_len=args.min_len,
-                               allowlist=allow, zh_boundaries=not args.no_zh_boundaries)
+                               allowlist=allow, zh_boundaries=not args.no_zh_boundaries,
+                               strict=strict, common_rank=args.common_rank or None,
+                               max_share=args.max_share)
     except (FileNotFoundError, KeyError, ValueError) as e:
         print(f"lexicon-audit: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2

@@ -10,16 +10,28 @@ Lexicon hygiene, because a raw lexicon fires on innocent text:
 * Chinese boundaries (`zh_boundaries`): a multi-character match with Han characters must start
   and end on jieba token boundaries, so 马的 does not fire inside 骑马/的/人;
 * English boundaries: an entry that starts/ends with an ASCII letter or digit only matches at
-  word boundaries, so "ass" does not fire inside "class".
+  word boundaries, so "ass" does not fire inside "class";
+* everyday words (`common_rank`): raw public lists carry 一个, 女人, 帽子, 黄色; an entry that is a
+  general word among the `common_rank` most frequent entries of jieba's frequency dictionary
+  (jieba/dict.txt: word, count, part of speech) is exempt. Proper nouns (nr/ns/nt/nz tags) are
+  not general words and are never exempt this way;
+* run share (`measure_shares` / `share_exemptions`): an entry found in more than a set share of
+  a run's own captions is exempt (annotate's `prepare` measures it and reports the list);
+* `strict`: entries the user forces; they are matched whatever the rules above say.
+
+Placeholders of redacted PII (`<身份证号>`, `<PHONE>` ...) are never matched into, so 身份证 in
+the lexicon cannot turn `<身份证号>` into `<***号>`.
 
 Overlapping matches are all reported; `mask` replaces the union of their spans with '*'.
 """
 from __future__ import annotations
 
+import importlib.util
 import itertools
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -29,6 +41,15 @@ from filters import language as lang_mod
 
 ACTIONS = ("mask", "reject", "tag")
 DEFAULT_LEXICON = Path(__file__).parent / "data" / "sensitive_default.txt"
+# jieba's dictionary, ranked by count: rank 10,000 is a count of 660. All of 一个 (rank 34), 女人
+# (1,031), 背景 (2,592), 黄色 (3,859) and 帽子 (7,031) fall inside; 赌博 (10,651), 毒品 (11,269) and
+# 色情 (17,487) do not.
+DEFAULT_COMMON_RANK = 10_000
+# Share of a run's captions above which an entry is taken for an everyday word of this run.
+DEFAULT_MAX_SHARE = 0.01
+# Fewer hits than this are no evidence of an everyday word (a tiny run, a spam burst of 3 rows).
+SHARE_MIN_HITS = 20
+_PROPER_NOUN_TAGS = frozenset({"nr", "nrfg", "nrt", "ns", "nt", "nz"})
 
 
 def default_lexicon_path() -> str:
@@ -45,6 +66,58 @@ def read_lexicon(path: str | Path) -> list[str]:
         if s and not s.startswith("#"):
             words.append(s)
     return words
+
+
+def jieba_dict_path() -> Path:
+    spec = importlib.util.find_spec("jieba")
+    if spec is None or spec.origin is None:
+        raise ImportError("jieba is not installed; it ships the frequency dictionary the everyday-word "
+                          "rule uses (pip install jieba, or set sensitive_common_rank to null)")
+    return Path(spec.origin).parent / "dict.txt"
+
+
+@lru_cache(maxsize=4)
+def common_words(max_rank: int) -> dict[str, tuple[int, int]]:
+    """General words (not proper nouns) among the `max_rank` most frequent entries of jieba's
+    dictionary: word -> (rank, count). Equal counts share a rank."""
+    if max_rank <= 0:
+        return {}
+    entries = []
+    with jieba_dict_path().open(encoding="utf-8") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 2 and parts[1].isdigit():
+                entries.append((int(parts[1]), parts[0].lower(), parts[2] if len(parts) > 2 else ""))
+    entries.sort(key=lambda e: -e[0])
+    cutoff = entries[min(max_rank, len(entries)) - 1][0]
+    out: dict[str, tuple[int, int]] = {}
+    rank, prev = 0, None
+    for i, (count, word, tag) in enumerate(entries):
+        if count < cutoff:
+            break
+        if count != prev:
+            rank, prev = i + 1, count
+        if tag not in _PROPER_NOUN_TAGS and word not in out:
+            out[word] = (rank, count)
+    return out
+
+
+def placeholder_strings() -> frozenset[str]:
+    """Every placeholder the PII and name redactors write, in every language."""
+    from filters import pii
+
+    out: set[str] = set()
+
+    def walk(v: Any) -> None:
+        if isinstance(v, str):
+            out.add(v)
+        elif isinstance(v, Mapping):
+            for x in v.values():
+                walk(x)
+
+    walk(getattr(pii, "PLACEHOLDERS", {}))
+    out.update(("<人名>", "<NAME>"))
+    return frozenset(p for p in out if p)
 
 
 def _normalise_word(w: str, t2s: Any) -> str:
@@ -81,6 +154,14 @@ def _build(words: Iterable[str]) -> ahocorasick.Automaton | None:
     return a
 
 
+def _share_reason(v: Any) -> str:
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (tuple, list)) and len(v) == 2:
+        return f"everyday word of this run: in {100 * v[1]:.2f}% of its captions ({v[0]:,})"
+    return "exempted by the caller"
+
+
 class Match(NamedTuple):
     start: int
     end: int  # exclusive
@@ -88,10 +169,16 @@ class Match(NamedTuple):
 
 
 class SensitiveMatcher:
+    """`exempted` maps every entry left out by a hygiene rule to the reason (for reports);
+    `words` is what is matched."""
+
     def __init__(self, words: Iterable[str], action: str = "mask", min_len: int = 2,
                  allowlist: Iterable[str] = (), zh_boundaries: bool = True,
                  zh_boundary_max_len: int = 2,
-                 en_boundaries: bool = True, t2s: bool = True):
+                 en_boundaries: bool = True, t2s: bool = True,
+                 strict: Iterable[str] = (), common_rank: int | None = DEFAULT_COMMON_RANK,
+                 exempt: Mapping[str, Any] | Iterable[str] = (),
+                 protect: Iterable[str] | None = None):
         if action not in ACTIONS:
             raise ValueError(f"sensitive action {action!r} is not one of {ACTIONS}")
         self.action = action
@@ -103,15 +190,27 @@ class SensitiveMatcher:
 
             conv = opencc.OpenCC("t2s")
         allow = {_normalise_word(w, conv) for w in allowlist if w.strip()}
+        self.strict = frozenset(nw for w in strict if (nw := _normalise_word(w, conv)))
+        common = common_words(common_rank) if common_rank else {}
+        extra = {_normalise_word(w, conv): (exempt[w] if isinstance(exempt, Mapping) else None)
+                 for w in exempt}
         self.dropped_short: list[str] = []
-        kept: set[str] = set()
+        self.exempted: dict[str, str] = {}
+        kept: set[str] = set(self.strict)
         for w in words:
             nw = _normalise_word(w, conv)
-            if not nw:
+            if not nw or nw in self.strict:
                 continue
             if len(nw) < min_len:
                 self.dropped_short.append(w)
-            elif nw not in allow:
+            elif nw in allow:
+                continue
+            elif nw in common:
+                rank, count = common[nw]
+                self.exempted[nw] = f"everyday word: rank {rank:,} in jieba's dictionary (count {count:,})"
+            elif nw in extra:
+                self.exempted[nw] = _share_reason(extra[nw])
+            else:
                 kept.add(nw)
         self.words = frozenset(kept)
         self._auto = None
@@ -127,6 +226,16 @@ class SensitiveMatcher:
                                         _is_ascii_alnum(w[0]), _is_ascii_alnum(w[-1])))
             self._auto.make_automaton()
         self._allow_auto = _build(sorted(allow))
+        self._protected_strings: frozenset[str] = frozenset()
+        self._protect_auto = None
+        self.protect_more(placeholder_strings() if protect is None else protect)
+
+    def protect_more(self, strings: Iterable[str]) -> None:
+        """Also never match into these strings (placeholders a custom redactor writes)."""
+        new = self._protected_strings | {p.lower() for p in strings if p}
+        if new != self._protected_strings:
+            self._protected_strings = frozenset(new)
+            self._protect_auto = _build(sorted(new))
 
     @classmethod
     def from_file(cls, path: str | Path, **kw: Any) -> "SensitiveMatcher":
@@ -144,6 +253,10 @@ class SensitiveMatcher:
         protected: list[tuple[int, int]] = []
         if self._allow_auto is not None:
             protected = [(e + 1 - len(w), e + 1) for e, w in self._allow_auto.iter(low)]
+        # Placeholders: a match touching one at all is dropped (not only one inside it).
+        placeholders: list[tuple[int, int]] = []
+        if self._protect_auto is not None and "<" in low:
+            placeholders = [(e + 1 - len(w), e + 1) for e, w in self._protect_auto.iter(low)]
         bounds: tuple[frozenset[int], frozenset[int]] | None = None
         n = len(low)
         check_en = self.en_boundaries
@@ -156,6 +269,8 @@ class SensitiveMatcher:
                              or (alnum_end and e < n and _is_ascii_alnum(low[e]))):
                 continue
             if protected and any(ps <= s and e <= pe for ps, pe in protected):
+                continue
+            if placeholders and any(s < pe and ps < e for ps, pe in placeholders):
                 continue
             if check_zh and han_multi:
                 if bounds is None:
@@ -195,6 +310,32 @@ class SensitiveMatcher:
         return cols
 
 
+def measure_shares(matcher: SensitiveMatcher, texts: Iterable[str]) -> tuple[int, Counter[str]]:
+    """(number of texts, entry -> texts it is found in). Streams: memory is one counter entry
+    per lexicon entry found, whatever the number of texts."""
+    per: Counter[str] = Counter()
+    n = 0
+    for t in texts:
+        n += 1
+        found = matcher.find(t)
+        if found:
+            per.update({m.word for m in found})
+    return n, per
+
+
+def share_exemptions(counts: Mapping[str, int], n: int, max_share: float | None,
+                     min_hits: int = SHARE_MIN_HITS,
+                     strict: Iterable[str] = ()) -> dict[str, tuple[int, float]]:
+    """Entries found in more than `max_share` of `n` texts (and in at least `min_hits` of them):
+    entry -> (texts, share), most frequent first. Strict entries are never exempted."""
+    if max_share is None or n <= 0:
+        return {}
+    strict = set(strict)
+    out = {w: (c, round(c / n, 6)) for w, c in counts.items()
+           if c >= min_hits and c / n > max_share and w not in strict}
+    return dict(sorted(out.items(), key=lambda kv: (-kv[1][0], kv[0])))
+
+
 @dataclass
 class AuditReport:
     n_lexicon: int
@@ -208,14 +349,31 @@ class AuditReport:
     warn: bool
     warn_rate: float
     examples: dict[str, list[str]] = field(default_factory=dict)
+    # What the hygiene defaults leave out, and why; hit counts above are after them.
+    exempt_common: list[dict[str, Any]] = field(default_factory=list)  # word, rank, count
+    exempt_share: list[dict[str, Any]] = field(default_factory=list)  # word, captions, share
+    n_hit_captions_raw: int = 0  # captions hit with no exemption at all
+    n_strict: int = 0
 
     def format(self) -> str:
         lines = [
             f"lexicon: {self.n_lexicon} entries, {self.n_used} used "
-            f"({self.n_dropped_short} shorter than min_len dropped)",
+            f"({self.n_dropped_short} shorter than min_len dropped, {len(self.exempt_common)} everyday "
+            f"words and {len(self.exempt_share)} frequent in this sample exempted, {self.n_strict} strict)",
             f"captions: {self.n_captions}, hit: {self.n_hit_captions} "
-            f"({100 * self.hit_rate:.2f}%), distinct words hit: {self.n_words_hit}",
+            f"({100 * self.hit_rate:.2f}%), distinct words hit: {self.n_words_hit}; "
+            f"without the exemptions: {self.n_hit_captions_raw} "
+            f"({100 * self.n_hit_captions_raw / max(1, self.n_captions):.2f}%)",
         ]
+        if self.exempt_common:
+            lines.append(f"exempt as everyday words (among the most frequent general words of "
+                         f"jieba's dictionary; force one with sensitive_strict): {len(self.exempt_common)}")
+            for e in self.exempt_common:
+                lines.append(f"  {e['word']}: rank {e['rank']:,}, count {e['count']:,}")
+        if self.exempt_share:
+            lines.append("exempt as frequent in this sample (share of captions above sensitive_max_share):")
+            for e in self.exempt_share:
+                lines.append(f"  {e['word']}: {e['captions']:,} captions ({100 * e['share']:.2f}%)")
         if self.warn:
             lines.append(f"WARNING: the lexicon hits more than {100 * self.warn_rate:.1f}% of captions; "
                          "look at the top words below for entries that fire on innocent text "
@@ -230,32 +388,58 @@ class AuditReport:
 
 def audit_lexicon(words: Sequence[str], captions: Iterable[str | bytes | None], top: int = 20,
                   warn_rate: float = 0.03, min_len: int = 2, allowlist: Iterable[str] = (),
-                  zh_boundaries: bool = True, normalize: bool = True) -> AuditReport:
-    """How a lexicon behaves on a caption sample: share of captions hit and the words that hit
-    most (a word hitting many captions is usually an innocent substring)."""
-    matcher = SensitiveMatcher(words, action="tag", min_len=min_len, allowlist=allowlist,
-                               zh_boundaries=zh_boundaries)
+                  zh_boundaries: bool = True, normalize: bool = True,
+                  strict: Iterable[str] = (), common_rank: int | None = DEFAULT_COMMON_RANK,
+                  max_share: float | None = DEFAULT_MAX_SHARE,
+                  min_share_hits: int = SHARE_MIN_HITS) -> AuditReport:
+    """How a lexicon behaves on a caption sample with the hygiene defaults: which entries are
+    exempted and why (everyday word by jieba's counts; frequent in the sample itself), then the
+    share of captions still hit and the words that hit most."""
+    strict = list(strict)
+    base = SensitiveMatcher(words, action="tag", min_len=min_len, allowlist=allowlist,
+                            zh_boundaries=zh_boundaries, strict=strict, common_rank=None)
+    common = common_words(common_rank) if common_rank else {}
+    exempt_common = sorted(({"word": w, "rank": common[w][0], "count": common[w][1]}
+                            for w in base.words if w in common and w not in base.strict),
+                           key=lambda e: (e["rank"], e["word"]))
     norm = None
     if normalize:
         from filters.text import decode_caption, normalize_text
 
         norm = lambda c: normalize_text(decode_caption(c)[0])  # noqa: E731
-    per_word: Counter[str] = Counter()
+    # One pass over the sample with every entry; exemptions are then applied to the counts.
+    per_caption: list[frozenset[str]] = []
     examples: dict[str, list[str]] = {}
-    n = hit = 0
+    raw_counts: Counter[str] = Counter()
+    n = 0
     for c in captions:
         text = norm(c) if norm else (c or "")
         n += 1
-        found = {m.word for m in matcher.find(text)}
+        found = frozenset(m.word for m in base.find(text))
         if found:
-            hit += 1
+            per_caption.append(found)
+            raw_counts.update(found)
             for w in found:
-                per_word[w] += 1
                 ex = examples.setdefault(w, [])
                 if len(ex) < 3:
                     ex.append(text[:80])
+    out_common = {e["word"] for e in exempt_common}
+    shares = share_exemptions({w: k for w, k in raw_counts.items() if w not in out_common}, n,
+                              max_share, min_share_hits, base.strict)
+    dropped = out_common | set(shares)
+    per_word: Counter[str] = Counter()
+    hit = 0
+    for found in per_caption:
+        kept = found - dropped
+        if kept:
+            hit += 1
+            per_word.update(kept)
     rate = hit / n if n else 0.0
     return AuditReport(
-        n_lexicon=len(words), n_used=len(matcher.words), n_dropped_short=len(matcher.dropped_short),
-        n_captions=n, n_hit_captions=hit, hit_rate=rate, top_words=per_word.most_common(top),
-        n_words_hit=len(per_word), warn=rate > warn_rate, warn_rate=warn_rate, examples=examples)
+        n_lexicon=len(words), n_used=len(base.words) - len(dropped),
+        n_dropped_short=len(base.dropped_short), n_captions=n, n_hit_captions=hit, hit_rate=rate,
+        top_words=per_word.most_common(top), n_words_hit=len(per_word), warn=rate > warn_rate,
+        warn_rate=warn_rate, examples={w: v for w, v in examples.items() if w in per_word},
+        exempt_common=exempt_common,
+        exempt_share=[{"word": w, "captions": k, "share": sh} for w, (k, sh) in shares.items()],
+        n_hit_captions_raw=len(per_caption), n_strict=len(base.strict))

@@ -5,13 +5,15 @@ compiled state (boilerplate regex, OpenCC converter, sensitive-word automaton, P
 has `clean` / `clean_batch`. Order of work and why:
 
 1. bytes are decoded as UTF-8 with errors="replace" (recorded in `text_decode_replaced`);
-2. HTML entities unescaped, stray tags dropped; NFKC (full-width digits and letters -> ASCII);
-   control and invisible format characters removed (ZWJ kept: it joins emoji); whitespace
-   collapsed;
+2. HTML entities unescaped, stray tags dropped; NFKC (full-width digits and letters -> ASCII),
+   except that CJK sentence punctuation (，（）：；！？～……) stays as written in Chinese, Japanese
+   and Korean text (NFKC would turn it into ASCII: 上,前面); control and invisible format
+   characters removed (ZWJ kept: it joins emoji); whitespace collapsed;
 3. traditional -> simplified Chinese (OpenCC t2s), only for captions with Han characters;
 4. boilerplate phrases removed (filters/data/boilerplate.txt);
 5. PII redacted to typed placeholders, then sensitive words matched (PII first, so a lexicon
-   entry made of digits can never break a phone number apart and let it through);
+   entry made of digits can never break a phone number apart and let it through; the matcher
+   never matches into a placeholder, so 身份证 cannot turn <身份证号> into <***号>);
 6. optional person-name redaction (opt-in, see filters/names.py);
 7. stats on the final caption: language, characters, words (jieba for zh), Han characters,
    repetition, file-name / hashtag-only / uninformative flags.
@@ -31,7 +33,9 @@ from typing import Any
 
 from filters import language as lang_mod
 from filters.pii import PII_TYPES, PiiRedactor
-from filters.sensitive import SensitiveMatcher, default_lexicon_path
+from filters.sensitive import (
+    DEFAULT_COMMON_RANK, SensitiveMatcher, default_lexicon_path, read_lexicon,
+)
 
 DATA_DIR = Path(__file__).parent / "data"
 DEFAULT_BOILERPLATE = DATA_DIR / "boilerplate.txt"
@@ -58,8 +62,9 @@ class Boilerplate:
     @classmethod
     def load(cls, path: str | Path | None = None) -> "Boilerplate":
         entries = load_wordlist(path or DEFAULT_BOILERPLATE)
-        embedded = tuple(unicodedata.normalize("NFKC", e) for e in entries if not e.startswith("="))
-        whole = frozenset(unicodedata.normalize("NFKC", e[1:]).strip().casefold()
+        # Normalised exactly like captions, so a phrase with ，in it still matches.
+        embedded = tuple(nfkc(e) for e in entries if not e.startswith("="))
+        whole = frozenset(nfkc(e[1:]).strip().casefold()
                           for e in entries if e.startswith("=") and e[1:].strip())
         return cls(embedded, whole)
 
@@ -74,6 +79,12 @@ class TextConfig:
     sensitive_min_len: int = 2
     sensitive_allowlist: tuple[str, ...] = ()
     sensitive_zh_boundaries: bool = True
+    # Lexicon hygiene (filters/sensitive.py): forced entries, the everyday-word rank cut in
+    # jieba's dictionary (None: off), and entries exempted for this run by annotate's share pass.
+    sensitive_strict: tuple[str, ...] = ()
+    sensitive_strict_file: str | None = None
+    sensitive_common_rank: int | None = DEFAULT_COMMON_RANK
+    sensitive_exempt: tuple[str, ...] = ()
     redact_names: bool = False  # opt-in: measured precision is in filters/names.py
 
 
@@ -109,7 +120,7 @@ _INVISIBLE_RE = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x9f\u200b\u200c\u200e\u200f
                            "\u2060-\u2064\u2066-\u2069\ufeff\u00ad]")
 _WS_RE = re.compile(r"\s+")
 _TAG_RE = re.compile(r"</?[A-Za-z][A-Za-z0-9]*(?:\s[^<>]{0,200})?/?>")
-_SEP = r"[\s\-–—|:：·•,，、。.!！>»/\\()（）\[\]【】]*"
+_SEP = r"[\s\-–—|:：;；·•,，、。.!！?？~～…>»/\\()（）\[\]【】]*"
 _WORDLIKE_RE = re.compile(r"[^\W_]")
 # What is left of a caption that carries no description: placeholders of redacted PII, masked
 # sensitive words, hashtags and links.
@@ -125,7 +136,7 @@ _FILE_TOKEN_RE = re.compile(r"\S+\.(?:jpe?g|jfif|png|gif|webp|bmp|tiff?|heic|avi
                             r"|\b(?:img|dsc|image|photo|pic)[_\-]?\d*\b", re.IGNORECASE)
 _IMG_EXT = r"(?:jpe?g|jfif|png|gif|webp|bmp|tiff?|heic|heif|svg|avif|ico)"
 _FILENAME_RE = re.compile(
-    rf"^[\w\-.()\[\]~+=@,' ]{{0,200}}\.{_IMG_EXT}$"
+    rf"^[\w\-.()（）\[\]【】~+=@,，' ]{{0,200}}\.{_IMG_EXT}$"
     r"|^(?:img|dsc[nf]?|dcim|pict?|pxl|mvimg|wp|vid|photo|image|screenshot|screen ?shot"
     r"|snapshot|scan|sam|gopr|dji|p)[\s_\-]?\d[\d_\-\s.]*$"
     r"|^\d{3,}$"
@@ -148,8 +159,26 @@ def decode_caption(raw: str | bytes | None) -> tuple[str, bool]:
     return raw, False
 
 
+# Sentence punctuation of Chinese (and Japanese/Korean) text that NFKC maps to ASCII or to
+# "...": kept as written there, because ，（）：；！？ are correct Chinese typography.
+_CJK_PUNCT_RE = re.compile("([，（）：；！？～…‥])")
+_CJK_SCRIPT_RE = re.compile(f"{lang_mod.HAN_RE.pattern}|{lang_mod.KANA_HANGUL_RE.pattern}")
+
+
+def nfkc(text: str) -> str:
+    """NFKC (full-width letters and digits to ASCII, compatibility forms folded), leaving CJK
+    sentence punctuation alone in text that has CJK characters."""
+    if unicodedata.is_normalized("NFKC", text):
+        return text
+    if _CJK_PUNCT_RE.search(text) and _CJK_SCRIPT_RE.search(text):
+        parts = _CJK_PUNCT_RE.split(text)  # odd positions hold the punctuation
+        return "".join(p if i % 2 else unicodedata.normalize("NFKC", p) for i, p in enumerate(parts))
+    return unicodedata.normalize("NFKC", text)
+
+
 def normalize_text(text: str) -> str:
-    """HTML unescape, tag strip, NFKC, invisible-character removal, whitespace collapse."""
+    """HTML unescape, tag strip, NFKC (CJK punctuation kept in CJK text), invisible-character
+    removal, whitespace collapse."""
     if "&" in text:
         text = html.unescape(text)
         if "&" in text:  # doubly escaped alt text (&amp;quot;) is common on the web
@@ -157,7 +186,7 @@ def normalize_text(text: str) -> str:
     if "<" in text:
         text = _TAG_RE.sub(" ", text)
     if not text.isascii():
-        text = unicodedata.normalize("NFKC", text)
+        text = nfkc(text)
         text = _INVISIBLE_RE.sub("", text)
     elif _INVISIBLE_RE.search(text):
         text = _INVISIBLE_RE.sub("", text)
@@ -211,16 +240,18 @@ class CaptionCleaner:
 
             self._t2s = opencc.OpenCC("t2s")
         if sensitive is True:
-            sensitive = None
-            if cfg.sensitive_lexicon != "":
-                sensitive = SensitiveMatcher.from_file(
-                    cfg.sensitive_lexicon or default_lexicon_path(), action=cfg.sensitive_action,
-                    min_len=cfg.sensitive_min_len, allowlist=cfg.sensitive_allowlist,
-                    zh_boundaries=cfg.sensitive_zh_boundaries)
+            sensitive = build_sensitive(cfg)
         self.sensitive: SensitiveMatcher | None = sensitive or None
         if pii is True:
             pii = PiiRedactor() if cfg.redact_pii else None
         self.pii: PiiRedactor | None = pii or None
+        if self.sensitive is not None and self.pii is not None:
+            # Placeholders this redactor writes (custom ones included) are never matched into.
+            ph = getattr(self.pii, "placeholders", None)
+            if isinstance(ph, dict):
+                extra = {v for d in ph.values() if isinstance(d, dict) for v in d.values()
+                         if isinstance(v, str)}
+                self.sensitive.protect_more(extra)
         if names is None and cfg.redact_names:
             from filters.names import NameDetector
 
@@ -260,7 +291,12 @@ class CaptionCleaner:
                 rest = re.sub(re.escape(word), " ", rest, flags=re.IGNORECASE)
         return rest
 
-    def clean(self, raw: str | bytes | None) -> dict[str, Any]:
+    def sensitive_input(self, raw: str | bytes | None) -> str:
+        """The text sensitive matching sees for `raw` (steps 1-5 up to PII redaction); the
+        annotate stage's share pass measures lexicon entries on it."""
+        return self._fix(raw)[0]
+
+    def _fix(self, raw: str | bytes | None) -> tuple[str, bool, int, int, bool, dict[str, int], int]:
         text, replaced = decode_caption(raw)
         text = normalize_text(text)
         han = lang_mod.count_han(text)
@@ -273,13 +309,17 @@ class CaptionCleaner:
                 t2s_chars = sum(a != b for a, b in zip(text, simp)) + abs(len(simp) - len(text))
                 text = simp
 
-        whole_generic = text.strip(" .!?,:;-_|~*'\"").casefold() in self.boilerplate.whole
+        whole_generic = text.strip(" .!?,:;-_|~*'\"，。！？：；～").casefold() in self.boilerplate.whole
         text, removed = self._remove_boilerplate(text)
         uninformative = whole_generic or (removed > 0 and not _WORDLIKE_RE.search(text))
 
         pii_counts: dict[str, int] = {}
         if self.pii is not None and text:
             text, pii_counts = self.pii.redact(text, lang="zh" if han else "en")
+        return text, replaced, t2s_chars, removed, uninformative, pii_counts, han
+
+    def clean(self, raw: str | bytes | None) -> dict[str, Any]:
+        text, replaced, t2s_chars, removed, uninformative, pii_counts, han = self._fix(raw)
         hits: list[str] = []
         if self.sensitive is not None and text:
             text, hits = self.sensitive.apply(text)
@@ -323,6 +363,26 @@ class CaptionCleaner:
             for k in TEXT_COLUMNS:
                 cols[k].append(row[k])
         return cols
+
+
+def build_sensitive(cfg: TextConfig) -> SensitiveMatcher | None:
+    """The sensitive matcher a TextConfig asks for (None: disabled). The shipped lexicon is a
+    short curated list, so all of its entries are strict; a lexicon you pass is treated as raw
+    (everyday words exempted unless listed in sensitive_strict / sensitive_strict_file)."""
+    if cfg.sensitive_lexicon == "":
+        return None
+    words = read_lexicon(cfg.sensitive_lexicon or default_lexicon_path())
+    strict = list(cfg.sensitive_strict)
+    if cfg.sensitive_strict_file:
+        strict += read_lexicon(cfg.sensitive_strict_file)
+    if cfg.sensitive_lexicon is None:
+        allow = set(cfg.sensitive_allowlist)
+        strict += [w for w in words if len(w) >= cfg.sensitive_min_len and w not in allow]
+    return SensitiveMatcher(
+        words, action=cfg.sensitive_action, min_len=cfg.sensitive_min_len,
+        allowlist=cfg.sensitive_allowlist, zh_boundaries=cfg.sensitive_zh_boundaries,
+        strict=strict, common_rank=cfg.sensitive_common_rank,
+        exempt={w: "everyday word of this run (annotate's share pass)" for w in cfg.sensitive_exempt})
 
 
 _DEFAULT_CLEANER: CaptionCleaner | None = None

@@ -59,6 +59,16 @@ class AnnotateConfig(Strict):
     sensitive_min_len: int = Field(2, ge=1)
     sensitive_allowlist: list[str] = []
     sensitive_zh_boundaries: bool = True
+    # Lexicon hygiene for a raw lexicon (the shipped one is curated: all strict). Everyday words
+    # (general words among jieba's N most frequent; null: off) and entries found in more than
+    # sensitive_max_share of the run's captions (measured on up to sensitive_share_sample of them
+    # before annotate runs, reported in sensitive_exemptions.json; null: off) are not matched,
+    # unless forced by sensitive_strict / sensitive_strict_file.
+    sensitive_strict: list[str] = []
+    sensitive_strict_file: str | None = None
+    sensitive_common_rank: int | None = Field(10_000, ge=1)
+    sensitive_max_share: float | None = Field(0.01, gt=0, le=1)
+    sensitive_share_sample: int = Field(200_000, ge=1)
 
 
 class SelectConfig(Strict):

@@ -3,15 +3,26 @@
 It never drops a row. The cleaned caption (`caption_clean`: normalised, boilerplate removed,
 traditional→simplified, PII redacted, sensitive words masked) is what flows on to scoring and
 export; the original stays in the input shard for audit.
+
+Its `prepare` pass (on the driver, before the shards) measures each sensitive-lexicon entry's
+share of the run's own captions and exempts entries above `sensitive_max_share`: a raw lexicon's
+everyday words (小男孩, 背景) would otherwise mask a large part of a run. The list, with counts,
+goes to `sensitive_exemptions.json` in the run dir and to the log.
 """
 from __future__ import annotations
 
 import hashlib
+import logging
+import math
+from collections.abc import Iterator
+from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from filters.hashing import caption_key
 from filters.image import inspect_image
+from filters.sensitive import measure_shares, share_exemptions
 from filters.text import CaptionCleaner, TextConfig
 from pipeline.config import AnnotateConfig
 from pipeline.stage import Resources, Stage
@@ -35,6 +46,26 @@ TEXT_COLUMNS: dict[str, pa.DataType] = {
 }
 # filters/text.py names → column names here
 _RENAME = {"caption": "caption_clean", "text_lang": "lang"}
+SENSITIVE_REPORT = "sensitive_exemptions.json"
+
+log = logging.getLogger(__name__)
+
+
+def _sample_captions(store, limit: int) -> Iterator[object]:
+    """Up to `limit` raw captions spread evenly over every input shard (the first rows of each),
+    streamed batch by batch. Read from the input, not from a stage, so the sample is the same
+    whichever shards failed before."""
+    n_shards = store.n_shards
+    per_shard = math.ceil(limit / max(1, n_shards))
+    for shard in range(n_shards):
+        left = per_shard
+        pf = pq.ParquetFile(store.path("input", shard))
+        for batch in pf.iter_batches(columns=["caption"], batch_size=min(8192, per_shard)):
+            vals = batch.column(0).to_pylist()[:left]
+            yield from vals
+            left -= len(vals)
+            if left <= 0:
+                break
 
 
 def sniff_html(data: bytes | None) -> bool:
@@ -59,13 +90,54 @@ class AnnotateStage(Stage):
     def resources(self) -> Resources:
         return Resources(cpus=1, batch_size=512)
 
-    def setup(self, state=None) -> None:
+    def text_config(self, exempt: tuple[str, ...] = ()) -> TextConfig:
         c: AnnotateConfig = self.config
-        self.cleaner = CaptionCleaner(TextConfig(
+        return TextConfig(
             boilerplate_path=c.boilerplate, t2s=c.traditional_to_simplified, redact_pii=c.redact_pii,
             sensitive_lexicon=c.sensitive_lexicon, sensitive_action=c.sensitive_action,
             sensitive_min_len=c.sensitive_min_len, sensitive_allowlist=tuple(c.sensitive_allowlist),
-            sensitive_zh_boundaries=c.sensitive_zh_boundaries, redact_names=c.redact_names))
+            sensitive_zh_boundaries=c.sensitive_zh_boundaries, redact_names=c.redact_names,
+            sensitive_strict=tuple(c.sensitive_strict), sensitive_strict_file=c.sensitive_strict_file,
+            sensitive_common_rank=c.sensitive_common_rank, sensitive_exempt=exempt)
+
+    def prepare(self, store) -> dict | None:
+        c: AnnotateConfig = self.config
+        if c.sensitive_lexicon == "":
+            return None
+        # Names and PII are not needed to measure lexicon entries; the matcher sees the same
+        # text as in process() otherwise.
+        cleaner = CaptionCleaner(self.text_config(), names=False)
+        matcher = cleaner.sensitive
+        exempt: dict[str, tuple[int, float]] = {}
+        n = 0
+        if matcher is not None and c.sensitive_max_share is not None:
+            n, counts = measure_shares(matcher, (cleaner.sensitive_input(x) for x in _sample_captions(
+                store, c.sensitive_share_sample)))
+            exempt = share_exemptions(counts, n, c.sensitive_max_share, strict=matcher.strict)
+        report = {
+            "lexicon": c.sensitive_lexicon or "(shipped default: all entries strict)",
+            "entries_matched": len(matcher.words) if matcher else 0,
+            "strict": sorted(matcher.strict) if matcher else [],
+            "common_rank": c.sensitive_common_rank, "max_share": c.sensitive_max_share,
+            "captions_measured": n,
+            "exempt_common": [{"word": w, "why": why} for w, why in sorted(matcher.exempted.items())]
+            if matcher else [],
+            "exempt_share": [{"word": w, "captions": k, "share": sh} for w, (k, sh) in exempt.items()],
+        }
+        from pipeline.store import atomic_write_json
+
+        atomic_write_json(report, Path(self.run.workdir) / SENSITIVE_REPORT)
+        if report["exempt_common"] or exempt:
+            log.info("sensitive lexicon: %d everyday words exempted by jieba's counts (%s); %d by their "
+                     "share of %d captions (%s); see %s", len(report["exempt_common"]),
+                     ", ".join(e["word"] for e in report["exempt_common"][:10]), len(exempt), n,
+                     ", ".join(f"{w} {100 * sh:.1f}%" for w, (_, sh) in list(exempt.items())[:10]),
+                     SENSITIVE_REPORT)
+        return {"exempt": {w: list(v) for w, v in exempt.items()}}
+
+    def setup(self, state=None) -> None:
+        exempt = tuple((state or {}).get("exempt", {}))
+        self.cleaner = CaptionCleaner(self.text_config(exempt))
 
     def process(self, batch: pa.Table) -> pa.Table:
         if not hasattr(self, "cleaner"):

@@ -195,3 +195,33 @@ def test_contact_only_alt_text_is_uninformative_but_descriptions_are_not():
     for raw in ("two red circles on the left, call 138-1234-5678", "两个红色圆形在左边，电话 13812345678",
                 "an image of a cat"):
         assert not clean_caption(raw)["text_uninformative"], raw
+
+
+# ---- Unicode: full-width letters and digits become ASCII, CJK punctuation stays ------------
+
+def test_cjk_punctuation_kept_in_chinese_text():
+    s = "草地上，前面坐了一个人（左边）：他说；好吗！？是的。"
+    assert normalize_text(s) == s
+    assert normalize_text("价格１２３元，型号ＡＢＣ。") == "价格123元，型号ABC。"
+    assert normalize_text("等一下……好的～") == "等一下……好的～"
+
+
+def test_fullwidth_punctuation_in_latin_text_becomes_ascii():
+    assert normalize_text("Ｈｅｌｌｏ，ｗｏｒｌｄ！（ｏｋ）") == "Hello,world!(ok)"
+
+
+def test_clean_caption_keeps_chinese_punctuation_and_stats():
+    r = clean_caption("一只猫在沙发上，前面坐了一个小孩。")
+    assert r["caption"] == "一只猫在沙发上，前面坐了一个小孩。"
+    assert r["text_lang"] == "zh" and "，" not in words(r["caption"]) and r["text_words"] >= 6
+    assert caption_reason(r) is None
+
+
+def test_downstream_rules_with_fullwidth_punctuation():
+    # Boilerplate after a full-width separator, a file name with full-width brackets, hashtags.
+    r = clean_caption("海边的日落美景，查看原网页！")
+    assert r["caption"] == "海边的日落美景" and r["text_boilerplate_removed"] == 1
+    assert clean_caption("微信图片（１）.jpg")["text_is_filename"]
+    assert clean_caption("图片！")["text_uninformative"]
+    r = clean_caption("哈哈哈哈，哈哈哈哈，哈哈哈哈！")
+    assert r["text_repetition"] > 0.6
