@@ -74,7 +74,8 @@ _TOKEN_RE = re.compile(r"\S+")
 _PHONE_CUE_RE = re.compile(
     r"tel|phone|call|mobile|mob\b|cell|fax|whats\s?app|wechat|line\b|hotline|contact|sms|"
     r"电话|電話|手机|手機|热线|熱線|致电|致電|来电|來電|联系|聯繫|联络|聯絡|咨询|諮詢|查询|查詢|"
-    r"订座|訂座|订位|訂位|预约|預約|微信|传真|傳真|专线|專線|☎|📞|📱", re.IGNORECASE)
+    r"订座|訂座|订位|訂位|预约|預約|微信|传真|傳真|专线|專線|留言|短信|简讯|簡訊|"
+    r"先生|小姐|女士|师傅|師傅|经理|經理|ring|dial|text\b|reach|enquir|inquir|☎|📞|📱", re.IGNORECASE)
 # A product/version/price word right before a number: what follows is not a phone.
 _LOOKALIKE_BEFORE_RE = re.compile(
     r"(?<![A-Za-z])(?:isbn(?:-?1[03])?|e?ean(?:-?13|-?8)?|upc(?:-?a)?|gtin|barcode|bar\s?code|sku|item|model|"
@@ -91,6 +92,10 @@ _DATE_RE = re.compile(
     r"(?:19|20)\d\d([-./ ]?)(?:0?[1-9]|1[0-2])\1(?:0?[1-9]|[12]\d|3[01])"
     r"|(?:0?[1-9]|[12]\d|3[01])([-./])(?:0?[1-9]|1[0-2])\2(?:19|20)\d\d"
     r"|(?:0?[1-9]|1[0-2])([-./])(?:0?[1-9]|[12]\d|3[01])\3(?:19|20)\d\d")
+# How barcodes are printed: compact, UPC-A `0 36000 29145 2`, EAN-13 `6 901234 567892`.
+_CODE_GROUPING_RE = re.compile(r"\d+|\d \d{5} \d{5} \d|\d[ -]\d{6}[ -]\d{6}")
+_US_SHAPE_RE = re.compile(r"(?:1[ -.]?)?(?:\(\d{3}\)\s?|\d{3}[-.])\d{3}[-.]\d{4}")
+_VERSION_AFTER_RE = re.compile(r"\s*(?:release|build|update|patch|version|版本|更新)", re.IGNORECASE)
 # Version context before four dotted numbers (`v1.0.1.0`, `APK 3.7.5.8`, `build 10.0.19041.1`).
 _VERSION_BEFORE_RE = re.compile(
     r"(?<![A-Za-z])(?:v|ver\.?|version|build|apk|series|firmware|fw|release|rev\.?|update|patch|版本|固件|"
@@ -148,6 +153,15 @@ def is_barcode(digits: str) -> bool:
     return n in (12, 13) and _ean.is_valid(digits)
 
 
+def _written_as_code(span: str, d: str) -> bool:
+    """`span` is printed the way its checksum-valid barcode/ISBN would be."""
+    if not is_barcode(d):
+        return False
+    if _CODE_GROUPING_RE.fullmatch(span):
+        return True
+    return len(d) in (10, 13) and span == _isbn.format(d)
+
+
 def _check_regions(regions: Iterable[str]) -> tuple[str, ...]:
     out = tuple(r.upper() for r in regions)
     bad = [r for r in out if r not in phonenumbers.SUPPORTED_REGIONS]
@@ -197,6 +211,9 @@ class PhoneFinder:
         for m in PHONE_SCAN_RE.finditer(text):
             base = m.start()
             cand = m.group(0)
+            whole = _balance(cand, 0, len(cand))
+            if self._code_not_phone(text, base + whole[0], base + whole[1]):
+                continue
             toks = [(t.start(), t.end()) for t in _TOKEN_RE.finditer(cand)]
             i = 0
             while i < len(toks):
@@ -210,6 +227,13 @@ class PhoneFinder:
                         break
                     kind = self._judge(text, base + s, base + e)
                     if kind is not None:
+                        # A last group of one or two digits may be a count after the number
+                        # ("2123 4567 24小时"): when the number stands without it, leave it out.
+                        if j > i and sum(c.isdigit() for c in cand[toks[j][0]:toks[j][1]]) < 3:
+                            s2, e2 = _balance(cand, toks[i][0], toks[j - 1][1])
+                            kind2 = self._judge(text, base + s2, base + e2)
+                            if kind2 is not None:
+                                s, e, kind, j = s2, e2, kind2, j - 1
                         hit = (base + s, base + e, kind)
                         i = j + 1
                         break
@@ -233,24 +257,55 @@ class PhoneFinder:
         d = _digits(span)
         head = span.lstrip("(（ \u00a0")
         intl = head[:1] in "+＋" or (d.startswith("00") and not d.startswith("000"))
+        cue = False
         if not intl:
             if span.count(".") >= 3:
                 return None
-            cue = _PHONE_CUE_RE.search(before) is not None
+            cue = self._cue(text, s, e)
             # A compact yyyymmdd after a phone word is a phone (Hong Kong 2xxx xxxx).
             if _DATE_RE.fullmatch(span) and (not cue or not span.isdigit()):
                 return None
-            if (not cue or len(d) == 13 and d[:3] in ("978", "979")) and is_barcode(d) \
-                    and not (len(d) == 13 and self._prefixed_valid(d)):
+            if self._code_not_phone(text, s, e, cue):
                 return None
         n = self.parse(span)
         if n is None:
             return None
+        # 8-digit Hong Kong/Macau and 10-digit US numbers written compactly or with dashes are
+        # every other SKU or part number too: without a phone word nearby they stay. Trunk-0
+        # landlines, mainland mobiles, country codes and phone groupings (`6123 4567`,
+        # `(2821)2345`, `(201) 555-0123`, `201-555-0123`) speak for themselves.
+        if not intl and not cue and not d.startswith("0") and not _EXT_RE.match(text, e) \
+                and not (n.country_code == 86 and len(d) == 11 and d[0] == "1") \
+                and not d.startswith(str(n.country_code)) and not _phone_grouped(span):
+            return None
         return "phone" if phonenumbers.number_type(n) in _MOBILE_TYPES else "landline"
+
+    @staticmethod
+    def _cue(text: str, s: int, e: int) -> bool:
+        return _PHONE_CUE_RE.search(text, max(0, s - 24), s) is not None or \
+            _PHONE_CUE_RE.search(text, e, e + 12) is not None
+
+    def _code_not_phone(self, text: str, s: int, e: int, cue: bool | None = None) -> bool:
+        """The span is printed as a checksum-valid ISBN/EAN/UPC and no phone word says otherwise."""
+        span = text[s:e]
+        d = _digits(span)
+        if len(d) not in (10, 12, 13) or span.lstrip("(（ ")[:1] in "+＋" or not _written_as_code(span, d):
+            return False
+        if len(d) == 13 and d[:3] in ("978", "979"):
+            return True
+        if cue is None:
+            cue = self._cue(text, s, e)
+        return not cue and not (len(d) == 13 and self._prefixed_valid(d))
 
     def _prefixed_valid(self, d: str) -> bool:
         n = self._valid("+" + d, None)
         return n is not None and phonenumbers.region_code_for_number(n) in self.regions
+
+
+def _phone_grouped(span: str) -> bool:
+    """Spaced groups or a parenthesised area code: how phones are printed, not part numbers."""
+    return "(" in span or "（" in span or (" " in span and "-" not in span) \
+        or _US_SHAPE_RE.fullmatch(span) is not None
 
 
 def _balance(cand: str, s: int, e: int) -> tuple[int, int]:
@@ -277,6 +332,8 @@ def _ip_ok(m: re.Match[str]) -> bool:
     if s and (text[s - 1].isalpha() or text[s - 1] in "_-"):
         return False
     if _VERSION_BEFORE_RE.search(text[max(0, s - 16):s]):
+        return False
+    if _VERSION_AFTER_RE.match(text, m.end()):
         return False
     return not re.match(r"\.?[A-Za-z]", text[m.end():m.end() + 2])
 
