@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from filters import language as lang_mod
-from filters.pii import PII_TYPES, PiiRedactor
+from filters.pii import DEFAULT_PHONE_REGIONS, PII_TYPES, PiiRedactor
 from filters.sensitive import (
     DEFAULT_COMMON_RANK, SensitiveMatcher, default_lexicon_path, read_lexicon,
 )
@@ -74,6 +74,8 @@ class TextConfig:
     boilerplate_path: str | None = None  # None: filters/data/boilerplate.txt
     t2s: bool = True
     redact_pii: bool = True
+    pii_action: str = "placeholder"  # placeholder | remove | reject (filters/pii.py)
+    phone_regions: tuple[str, ...] = DEFAULT_PHONE_REGIONS
     sensitive_lexicon: str | None = None  # None: filters/data/sensitive_default.txt; "" disables
     sensitive_action: str = "mask"  # mask | reject | tag
     sensitive_min_len: int = 2
@@ -243,7 +245,7 @@ class CaptionCleaner:
             sensitive = build_sensitive(cfg)
         self.sensitive: SensitiveMatcher | None = sensitive or None
         if pii is True:
-            pii = PiiRedactor() if cfg.redact_pii else None
+            pii = PiiRedactor(regions=cfg.phone_regions, action=cfg.pii_action) if cfg.redact_pii else None
         self.pii: PiiRedactor | None = pii or None
         if self.sensitive is not None and self.pii is not None:
             # Placeholders this redactor writes (custom ones included) are never matched into.

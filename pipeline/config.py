@@ -52,6 +52,12 @@ class AnnotateConfig(Strict):
     boilerplate: str | None = Field(None, description="boilerplate list file; None: the shipped list")
     traditional_to_simplified: bool = True
     redact_pii: bool = True
+    # What a PII match becomes (filters/pii.py): a placeholder in the caption's language, nothing
+    # (remove), or a placeholder with the row rejected by select, reason pii_caption (reject).
+    pii_action: Literal["placeholder", "remove", "reject"] = "placeholder"
+    # Regions whose numbers are recognised without a country code (ISO codes libphonenumber
+    # knows); a number written with + or 00 is recognised whatever its country.
+    phone_regions: list[str] = ["CN", "HK", "MO", "TW", "US"]
     redact_names: bool = False  # opt-in: name rules do not reach 0.95 precision (README)
     sensitive_lexicon: str | None = Field(None, description="one word per line; None: the shipped "
                                           "small default; '' disables")
@@ -69,6 +75,17 @@ class AnnotateConfig(Strict):
     sensitive_common_rank: int | None = Field(10_000, ge=1)
     sensitive_max_share: float | None = Field(0.01, gt=0, le=1)
     sensitive_share_sample: int = Field(200_000, ge=1)
+
+    @field_validator("phone_regions")
+    @classmethod
+    def _phone_regions(cls, v):
+        import phonenumbers
+
+        v = [r.upper() for r in v]
+        bad = [r for r in v if r not in phonenumbers.SUPPORTED_REGIONS]
+        if bad:
+            raise ValueError(f"unknown phone regions {bad}: use two-letter region codes such as CN, HK, MO, TW, US")
+        return v
 
 
 class SelectConfig(Strict):

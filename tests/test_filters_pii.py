@@ -248,3 +248,28 @@ def test_no_digits_no_candidates_fast_path():
     from filters.pii import PHONE_SCAN_RE
 
     assert PHONE_SCAN_RE.search("a dog runs on the grass near 12 trees in 2024") is None
+
+
+def test_recipe_switches_reach_the_cleaner_and_select():
+    import pyarrow as pa
+    from pydantic import ValidationError
+
+    from filters.text import CaptionCleaner, TextConfig
+    from pipeline.config import AnnotateConfig
+    from stages.select import PII_COLUMNS, pii_rules
+
+    cfg = AnnotateConfig(pii_action="remove", phone_regions=["cn", "hk"])
+    assert cfg.phone_regions == ["CN", "HK"]
+    with pytest.raises(ValidationError, match="unknown phone regions"):
+        AnnotateConfig(phone_regions=["ZZ"])
+    with pytest.raises(ValidationError):
+        AnnotateConfig(pii_action="drop")
+    cleaner = CaptionCleaner(TextConfig(sensitive_lexicon="", pii_action=cfg.pii_action,
+                                        phone_regions=tuple(cfg.phone_regions)), names=None)
+    row = cleaner.clean("a red tram in Central, call 6123 4567 today")
+    assert row["caption"] == "a red tram in Central, call today" and row["pii_phone"] == 1
+    # reject: select names the reason from the counts annotate recorded
+    (rule,) = pii_rules()
+    counts = {c: [0, 0, None] for c in PII_COLUMNS}
+    counts["pii_phone"] = [1, 0, None]
+    assert rule.check(pa.table(counts)) == ["pii_caption", None, None]
