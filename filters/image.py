@@ -3,8 +3,20 @@
 `inspect_image` is the annotate stage's image rule set: it opens the bytes with PIL, refuses
 decompression bombs from the header alone (before any pixel buffer is allocated), decodes the
 first frame fully (so truncation shows up), and records size after EXIF orientation, format,
-mode, hashes. `to_rgb` is the one decoder model stages use, so every model sees the same pixels
-(orientation applied, alpha flattened on white, CMYK and 16-bit brought to 8-bit RGB).
+mode, hashes.
+
+`to_rgb` is the one decode path: every stage that feeds pixels to a model or writes `key.jpg`
+(annotate's hashes and signatures, score on CPU and, for the orientation, on the GPU, capfilt,
+export, the trainer's reader) gets the same 8-bit RGB picture, the one a viewer sees:
+
+* EXIF orientation (tag 0x0112 in the EXIF block of JPEG, PNG, WebP, TIFF...) applied;
+* the first frame of an animation or multi-page file;
+* alpha (RGBA, LA, PA, a palette or grey level marked transparent) composited on white,
+  `ALPHA_BACKGROUND`, as a browser shows it on a default page;
+* any mode Pillow opens converted: palette expanded, 1-bit to 0/255, CMYK / YCbCr / LAB / HSV
+  by Pillow's conversions, 16-bit integer ("I;16*") divided by 257, 32-bit integer ("I") as 8-bit
+  when its values fit, else as 16-bit (or scaled by its maximum beyond that), float ("F") as 0..1
+  when its maximum is <= 1, else as 0..255; out-of-range values clipped.
 """
 from __future__ import annotations
 
@@ -15,9 +27,11 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 89_478_485
+# The one background alpha is composited on, in every stage (README: "One decode path").
+ALPHA_BACKGROUND = (255, 255, 255)
 # pHash is computed on a 32x32 resample; box-reducing to ~64 px first (integer reduce, cheap)
 # keeps the resample from dominating the cost without changing the low-frequency content.
 _PHASH_REDUCE_TO = 64
@@ -78,51 +92,45 @@ def _classify_error(exc: Exception, data: bytes) -> str:
     return "corrupt"
 
 
-def _orientation(im: Image.Image) -> int:
+def orientation(im: Image.Image) -> int:
+    """EXIF orientation 1-8 of an opened image; 1 when absent, unreadable or out of range. Only
+    the EXIF tag is read (not XMP), like browsers."""
     try:
-        return int(im.getexif().get(_EXIF_ORIENTATION_TAG, 1) or 1)
+        o = int(im.getexif().get(_EXIF_ORIENTATION_TAG, 1) or 1)
     except Exception:  # noqa: BLE001 - a broken EXIF block is not a broken image
         return 1
+    return o if 1 <= o <= 8 else 1
 
 
-def _phash(im: Image.Image, orientation: int) -> str:
-    small = im
+def peek(data: bytes) -> tuple[str | None, str | None, int]:
+    """(format, mode, EXIF orientation) from the header alone, no pixel decode; (None, None, 1)
+    when the header is unreadable. Lets a caller decide without decoding whether the bytes are
+    already what every reader shows (export) or what nvJPEG decodes correctly (score's GPU path)."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.format, im.mode, orientation(im)
+    except Exception:  # noqa: BLE001 - the decode itself reports why
+        return None, None, 1
+
+
+def _reduce_to(im: Image.Image, target: int) -> Image.Image:
+    """Integer box-reduce so the short side stays >= target (cheap; only for L/RGB images)."""
     short = min(im.size)
-    if short > _PHASH_REDUCE_TO:
-        small = im.reduce(max(1, short // _PHASH_REDUCE_TO))
-    small = _to_8bit(small)
-    if small.mode == "P":
-        # Converting a palette image with transparency straight to L makes PIL warn per image.
-        small = small.convert("RGBA")
-    return phash_hex(_transpose(small, orientation))
+    return im.reduce(short // target) if short >= 2 * target else im
 
 
-def _near_sig(im: Image.Image, orientation: int, rgb: Image.Image) -> bytes:
-    # Same cheap integer reduce as pHash: the 128 px work image only needs ~2x oversampling.
-    small = im
-    short = min(im.size)
-    if short > 2 * _NEAR_WORK:
-        small = im.reduce(max(1, short // (2 * _NEAR_WORK)))
-    return near_signature(_transpose(small, orientation), rgb)
+def phash_image(im: Image.Image) -> str:
+    """pHash of a decoded picture (to_rgb's output, or its L): box-reduced to ~64 px first,
+    which keeps the 32x32 resample cheap without changing the low-frequency content."""
+    return phash_hex(_reduce_to(im, _PHASH_REDUCE_TO))
 
 
-def _color_signature(data: bytes, im: Image.Image, orientation: int) -> bytes:
-    """Mean colour over a 4x4 grid (48 bytes): the colour layout pHash (luma only) cannot see."""
-    return _small_rgb(data, im, orientation).resize((SIG_GRID, SIG_GRID), Image.Resampling.BOX).tobytes()
-
-
-def _small_rgb(data: bytes, im: Image.Image, orientation: int) -> Image.Image:
-    """The image in RGB for colour stats, orientation applied. JPEGs were decoded to grey for
-    pHash, so their colour comes from a 1/8-scale draft decode, which costs a small fraction of
-    the full decode."""
-    if im.format == "JPEG" and im.mode == "L":
-        with Image.open(io.BytesIO(data)) as small:
-            small.draft("RGB", (max(1, small.size[0] // 8), max(1, small.size[1] // 8)))
-            rgb = small.convert("RGB")
-    else:
-        rgb = _to_8bit(im)
-        rgb = rgb.convert("RGBA").convert("RGB") if rgb.mode in ("P", "PA", "LA") else rgb.convert("RGB")
-    return _transpose(rgb, orientation)
+def _jpeg_small_rgb(data: bytes, o: int) -> Image.Image:
+    """A YCbCr JPEG's colour for the signatures, oriented: the luma pass skipped chroma, so
+    colour comes from a 1/8-scale draft decode, a small fraction of the full decode's cost."""
+    with Image.open(io.BytesIO(data)) as small:
+        small.draft("RGB", (max(1, small.size[0] // 8), max(1, small.size[1] // 8)))
+        return _transpose(small.convert("RGB"), o)
 
 
 def near_signature(im: Image.Image, rgb: Image.Image | None = None) -> bytes:
@@ -196,20 +204,48 @@ def _transpose(im: Image.Image, orientation: int) -> Image.Image:
 
 
 def _to_8bit(im: Image.Image) -> Image.Image:
-    """Bring 16/32-bit integer and float single-channel images to 8-bit 'L' by scaling.
+    """Bring 16/32-bit integer and float single-channel images to 8-bit 'L' by scaling (see the
+    module docstring for the rule); a transparent grey level (PNG tRNS) becomes alpha ('LA').
 
     PIL's own I;16 -> L conversion clips at 255, which turns most 16-bit images white.
     """
     mode = im.mode
-    if mode.startswith("I;16") or mode == "I":
-        arr = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if arr.max(initial=0) > 255 else 255.0
-        return Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8), "L")
-    if mode == "F":
-        arr = np.asarray(im, dtype=np.float64)
-        scale = 255.0 if arr.max(initial=0) <= 1.0 else 1.0
-        return Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), "L")
-    return im
+    if not (mode in ("I", "F") or mode.startswith("I;16")):
+        return im
+    raw = np.asarray(im)
+    arr = raw.astype(np.float64)
+    if mode.startswith("I;16"):
+        arr /= 257.0
+    elif mode == "I":
+        top = arr.max(initial=0)
+        if top > 255:
+            arr *= 255.0 / (65535.0 if top <= 65535 else top)
+    else:
+        arr = np.nan_to_num(arr, nan=0.0, posinf=255.0, neginf=0.0)
+        if arr.max(initial=0) <= 1.0:
+            arr *= 255.0
+    out = Image.fromarray(np.clip(np.round(arr), 0, 255).astype(np.uint8), "L")
+    t = im.info.get("transparency")
+    if mode != "F" and isinstance(t, int):
+        return Image.merge("LA", (out, Image.fromarray(np.where(raw == t, 0, 255).astype(np.uint8), "L")))
+    return out
+
+
+def _flatten(im: Image.Image) -> Image.Image:
+    """A loaded image in any mode -> 8-bit 'L' or 'RGB' as displayed, before orientation: deep
+    modes scaled, palettes expanded, alpha composited on ALPHA_BACKGROUND. 'L' is kept for grey
+    pictures without alpha (its RGB is the same value three times; hashing needs only luma)."""
+    im = _to_8bit(im)
+    if im.has_transparency_data:
+        rgba = im.convert("RGBA")
+        out = Image.new("RGB", rgba.size, ALPHA_BACKGROUND)
+        out.paste(rgba, mask=rgba.getchannel("A"))
+        return out
+    if im.mode in ("L", "RGB"):
+        return im
+    # 1 -> L (0/255); P, CMYK, YCbCr, LAB, HSV, RGBX -> RGB by Pillow's conversions (not colour
+    # managed: models never saw colour-managed pixels either).
+    return im.convert("L" if im.mode == "1" else "RGB")
 
 
 def inspect_image(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, Any]:
@@ -240,12 +276,12 @@ def inspect_image(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> d
     try:
         with Image.open(io.BytesIO(data)) as im:
             w, h = im.size
-            orientation = _orientation(im)
-            if orientation in _SWAPPING_ORIENTATIONS:
+            o = orientation(im)
+            if o in _SWAPPING_ORIENTATIONS:
                 w, h = h, w
             out.update(image_format=im.format, image_mode=im.mode, width=w, height=h,
                        short_side=min(w, h), aspect_ratio=max(w, h) / max(1, min(w, h)),
-                       exif_rotated=orientation != 1,
+                       exif_rotated=o != 1,
                        is_animated=bool(getattr(im, "is_animated", False)))
             if w * h > max_pixels:
                 out["decode_error"] = "bomb"
@@ -257,14 +293,24 @@ def inspect_image(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> d
                 # pHash needs luma only: libjpeg decodes straight to grayscale at full size
                 # (every scan is still entropy-decoded, so truncation and corrupt Huffman data
                 # are caught; chroma IDCT and colour conversion are skipped). Y is the same
-                # ITU-R 601 luma PIL's convert("L") computes. Model stages decode with to_rgb.
+                # ITU-R 601 luma PIL's convert("L") computes from to_rgb's RGB.
                 im.draft("L", im.size)
-            im.load()
-            gray = im
-            out["phash"] = _phash(gray, orientation)
-            rgb = _small_rgb(data, im, orientation)
-            out["color_sig"] = rgb.resize((SIG_GRID, SIG_GRID), Image.Resampling.BOX).tobytes()
-            out["near_sig"] = _near_sig(im, orientation, rgb)
+                im.load()
+                out["phash"] = phash_hex(_transpose(_reduce_to(im, _PHASH_REDUCE_TO), o))
+                rgb = _jpeg_small_rgb(data, o)
+                near_src = _transpose(_reduce_to(im, 2 * _NEAR_WORK), o)
+                out["color_sig"] = rgb.resize((SIG_GRID, SIG_GRID), Image.Resampling.BOX).tobytes()
+            else:
+                # Everything else goes through to_rgb's own steps, so the hashes describe the
+                # picture the models see (alpha on white, palette expanded, 16-bit scaled...).
+                im.load()
+                shown = _transpose(_flatten(im), o)
+                out["phash"] = phash_image(shown)
+                rgb = shown
+                near_src = _reduce_to(shown, 2 * _NEAR_WORK)
+                out["color_sig"] = shown.resize((SIG_GRID, SIG_GRID), Image.Resampling.BOX).convert(
+                    "RGB").tobytes()
+            out["near_sig"] = near_signature(near_src, rgb)
             out["decode_ok"] = True
     except Exception as e:  # noqa: BLE001 - any decoder failure is a recorded reason
         out["decode_error"] = _classify_error(e, data)
@@ -283,9 +329,14 @@ def inspect_images(datas: Iterable[bytes | None],
 
 
 def to_rgb(data: bytes | Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS,
-           background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
-    """Decode to an 8-bit RGB image as displayed: EXIF orientation applied, first frame of an
-    animation, alpha composited on `background`, CMYK/16-bit/float converted.
+           draft: tuple[int, int] | None = None) -> Image.Image:
+    """The one decoder: bytes (or an opened, not yet transposed image) -> the 8-bit RGB picture
+    a viewer sees: EXIF orientation applied, first frame, alpha on ALPHA_BACKGROUND (white), any
+    mode converted (rules in the module docstring).
+
+    `draft` (w, h), for callers that downscale anyway: a JPEG is DCT-downscaled while decoding
+    (by 2, 4 or 8) as long as the displayed picture stays at least w x h. Same picture, lower
+    resolution, 2-4x less decode work for web-sized JPEGs.
 
     Raises ValueError naming the reason (same names as inspect_image) on undecodable input;
     callers should only pass rows whose decode_ok is True.
@@ -300,27 +351,38 @@ def to_rgb(data: bytes | Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS,
             if im.size[0] * im.size[1] > max_pixels:
                 raise ValueError(f"to_rgb: {im.size[0]}x{im.size[1]} exceeds max_pixels={max_pixels} "
                                  "(decode_error 'bomb')")
-            im.load()
         except ValueError:
             raise
         except Exception as e:  # noqa: BLE001 - re-raised as one clear error type
             raise ValueError(f"to_rgb: cannot decode image ({_classify_error(e, bytes(data))}): {e}") from e
-    im = ImageOps.exif_transpose(im) or im
-    im = _to_8bit(im)
-    if im.mode == "P":
-        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-    elif im.mode == "L" and "transparency" in im.info:
-        im = im.convert("LA")
-    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = im.convert("RGBA")
-        bg = Image.new("RGB", rgba.size, background)
-        bg.paste(rgba, mask=rgba.getchannel("A"))
-        return bg
-    if im.mode != "RGB":
-        # CMYK and YCbCr use PIL's built-in matrix conversion; good enough for models, which do
-        # not see colour-managed output anyway.
-        im = im.convert("RGB")
-    return im
+    o = orientation(im)
+    try:
+        if draft is not None and im.format == "JPEG":
+            dw, dh = draft
+            # The request is in displayed pixels; draft works on stored ones.
+            im.draft(im.mode, (dh, dw) if o in _SWAPPING_ORIENTATIONS else (dw, dh))
+        im.load()
+        shown = _transpose(_flatten(im), o)
+    except Exception as e:  # noqa: BLE001 - re-raised as one clear error type
+        raw = b"" if isinstance(data, Image.Image) else bytes(data)
+        raise ValueError(f"to_rgb: cannot decode image ({_classify_error(e, raw)}): {e}") from e
+    return shown if shown.mode == "RGB" else shown.convert("RGB")
+
+
+def export_jpeg(data: bytes, quality: int, fmt: str | None = None) -> bytes:
+    """The bytes of an exported `key.jpg`. The original bytes when they already are what every
+    reader shows: a JPEG in YCbCr/RGB or grey whose EXIF orientation is 1 (no generation loss).
+    Anything else, including a JPEG with orientation 2-8 (a reader that ignores EXIF would show
+    it rotated or mirrored) or CMYK, is to_rgb's picture re-encoded at `quality`, without EXIF.
+    So key.jpg's size is annotate's width/height. `fmt` (annotate's image_format, optional)
+    skips the header read for non-JPEGs."""
+    if fmt in (None, "JPEG"):
+        kind, mode, o = peek(data)
+        if kind == "JPEG" and mode in ("RGB", "L") and o == 1:
+            return data
+    buf = io.BytesIO()
+    to_rgb(data).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
 
 
 def to_rgb_batch(datas: Sequence[bytes]) -> list[Image.Image | None]:

@@ -1,19 +1,23 @@
 """Image bytes -> model-sized pixels, on CPU threads (PIL) or on the GPU (nvJPEG).
 
-The GPU path decodes a batch of JPEGs with torchvision.io.decode_jpeg(device="cuda") (nvJPEG)
-and resizes on device, so a fast GPU is not starved by CPU JPEG decoding. Anything nvJPEG
-cannot take (PNG, WebP, GIF, CMYK or broken JPEGs) falls back to the CPU path per image.
+Both paths give the picture of filters.image.to_rgb, the one decode path (EXIF orientation,
+first frame, alpha on white, any mode converted). The CPU path is to_rgb itself. The GPU path
+decodes a batch of JPEGs with torchvision.io.decode_jpeg(device="cuda") (nvJPEG), which ignores
+EXIF, so each image's orientation is read from its header on the CPU (no pixel decode) and
+applied on the device by flips and transposes; then it resizes on device, so a fast GPU is not
+starved by CPU JPEG decoding. Only JPEGs that nvJPEG turns into to_rgb's colours go there (YCbCr
+or grey); the rest (PNG, WebP, GIF, CMYK JPEGs, MPO, broken files) take the CPU path per image.
 """
 from __future__ import annotations
 
-import io
 import warnings
-from typing import Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
+from filters.image import peek, to_rgb
 from models.clip.transforms import PixelSpec, draft_size, pil_to_uint8, tensor_resize_crop
 
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -34,14 +38,11 @@ def gpu_decode_available() -> bool:
 
 
 def open_image(data: bytes, spec: PixelSpec | None = None, draft: bool = True) -> Image.Image:
-    """Decode to an RGB PIL image; a JPEG is DCT-downscaled first when spec allows (2-4x less
-    decode work for web-sized images, and the result is still >= the model's input size)."""
+    """to_rgb's picture; a JPEG is DCT-downscaled first when spec allows (2-4x less decode work
+    for web-sized images, and the result is still >= the model's input size)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # EXIF/palette warnings on web images are not errors
-        im = Image.open(io.BytesIO(data))
-        if draft and spec is not None and im.format == "JPEG":
-            im.draft("RGB", draft_size(spec))
-        return im.convert("RGB")
+        return to_rgb(data, draft=draft_size(spec) if draft and spec is not None else None)
 
 
 def decode_cpu(data: bytes | None, spec: PixelSpec, draft: bool = True) -> np.ndarray | None:
@@ -63,24 +64,73 @@ def decode_pil(data: bytes | None) -> Image.Image | None:
         return None
 
 
-def decode_jpegs_gpu(datas: Sequence[bytes], device: torch.device) -> list[torch.Tensor | None]:
-    """Batched nvJPEG decode to CHW uint8 RGB tensors on `device`; None where it failed."""
+def nvjpeg_orientation(data: bytes | None) -> int | None:
+    """The EXIF orientation to apply after nvJPEG, or None when these bytes must take the CPU
+    path: not a JPEG, or a JPEG nvJPEG would not decode to to_rgb's colours (CMYK/YCCK; MPO and
+    unreadable headers too). Reads the header only."""
+    if not is_jpeg(data):
+        return None
+    fmt, mode, o = peek(data)  # type: ignore[arg-type]
+    return o if fmt == "JPEG" and mode in ("RGB", "L") else None
+
+
+def orient(img: torch.Tensor, orientation: int) -> torch.Tensor:
+    """Apply EXIF orientation 1-8 to a CHW tensor on any device, as a viewer does (the same
+    transforms as filters.image for PIL images)."""
+    if orientation in (5, 6, 7, 8):
+        img = img.transpose(-1, -2)
+    flip = {2: (-1,), 3: (-2, -1), 4: (-2,), 6: (-1,), 7: (-2, -1), 8: (-2,)}.get(orientation)
+    return img.flip(flip) if flip else img
+
+
+def decode_jpegs_gpu(datas: Sequence[bytes], device: torch.device,
+                     orientations: Sequence[int] | None = None) -> list[torch.Tensor | None]:
+    """Batched nvJPEG decode to CHW uint8 RGB tensors on `device`, each turned by its EXIF
+    `orientations` entry (default 1); None where it failed. Runs on CPU tensors too (tests)."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     if not datas:
         return []
     bufs = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
     try:
-        return list(decode_jpeg(bufs, mode=ImageReadMode.RGB, device=device))
+        out: list[torch.Tensor | None] = list(decode_jpeg(bufs, mode=ImageReadMode.RGB, device=device))
     except RuntimeError:
         # One bad image fails the whole batch: retry one by one to isolate it.
-        out: list[torch.Tensor | None] = []
+        out = []
         for b in bufs:
             try:
                 out.append(decode_jpeg(b, mode=ImageReadMode.RGB, device=device))
             except RuntimeError:
                 out.append(None)
-        return out
+    if orientations is not None:
+        out = [None if t is None else orient(t, o) for t, o in zip(out, orientations)]
+    return out
+
+
+def decode_batch_device(datas: Sequence[bytes | None], spec: PixelSpec, device: torch.device,
+                        cpu_map: Callable[..., Iterable] = map, draft: bool = True
+                        ) -> tuple[torch.Tensor, np.ndarray]:
+    """The score stage's GPU decode: (N, 3, h, w) float 0..255 on `device` and a decoded-ok
+    mask. nvJPEG for the JPEGs nvjpeg_orientation accepts, oriented on device; every other
+    image (and any JPEG nvJPEG fails on) by decode_cpu through `cpu_map` (a thread pool's map)."""
+    ok = np.zeros(len(datas), bool)
+    th, tw = spec.size
+    out = torch.zeros((len(datas), 3, th, tw), device=device, dtype=torch.float32)
+    orients = [nvjpeg_orientation(d) for d in datas]
+    jpeg_idx = [j for j, o in enumerate(orients) if o is not None]
+    decoded = decode_jpegs_gpu([datas[j] for j in jpeg_idx], device,  # type: ignore[misc]
+                               [orients[j] for j in jpeg_idx])
+    good = [(j, t) for j, t in zip(jpeg_idx, decoded) if t is not None]
+    if good:
+        out[[j for j, _ in good]] = resize_batch_gpu([t for _, t in good], spec)
+        ok[[j for j, _ in good]] = True
+    rest = [j for j in range(len(datas)) if not ok[j]]
+    arrs = list(cpu_map(lambda j: decode_cpu(datas[j], spec, draft), rest))
+    for j, a in zip(rest, arrs):
+        if a is not None:
+            out[j] = torch.from_numpy(a).to(device).permute(2, 0, 1).float()
+            ok[j] = True
+    return out, ok
 
 
 def resize_batch_gpu(images: Sequence[torch.Tensor], spec: PixelSpec) -> torch.Tensor:

@@ -24,6 +24,8 @@ import torch
 from PIL import Image
 from torchvision.ops import roi_align
 
+from filters.image import to_rgb
+
 log = logging.getLogger(__name__)
 
 # CLIP's normalisation constants, which ALBEF also uses.
@@ -102,10 +104,10 @@ def pick_caption(text: str | None, meta: dict | None, rng: random.Random) -> str
 
 
 def load_image(data: bytes, size: int) -> torch.Tensor:
-    """Bytes -> uint8 (3, size, size). Resized to a square as ALBEF does at eval time."""
-    with Image.open(io.BytesIO(data)) as im:
-        im = im.convert("RGB").resize((size, size), Image.BICUBIC)
-        return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)
+    """Bytes -> uint8 (3, size, size): the curation stages' picture (filters.image.to_rgb: EXIF
+    orientation, first frame, alpha on white), resized to a square as ALBEF does at eval time."""
+    im = to_rgb(data).resize((size, size), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)
 
 
 class ShardDataset(torch.utils.data.Dataset):
