@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import webdataset as wds
 from PIL import Image
 
+from filters.image import export_jpeg
 from pipeline.config import ExportConfig
 from pipeline.stage import Resources, Stage
 from pipeline.store import shard_name
@@ -31,20 +32,10 @@ def sample_key(uid: int) -> str:
 
 
 def to_jpeg(data: bytes, fmt: str | None, quality: int) -> bytes:
-    """Keep JPEG bytes as they are; re-encode anything else so `key.jpg` is what it says."""
-    if fmt == "JPEG":
-        return data
-    with Image.open(io.BytesIO(data)) as im:
-        if im.mode in ("RGBA", "LA", "P", "PA"):
-            im = im.convert("RGBA")
-            bg = Image.new("RGB", im.size, (255, 255, 255))
-            bg.paste(im, mask=im.getchannel("A"))
-            im = bg
-        elif im.mode != "RGB":
-            im = im.convert("RGB")
-        buf = io.BytesIO()
-        im.save(buf, format="JPEG", quality=quality)
-        return buf.getvalue()
+    """`key.jpg`: the decode path's picture (orientation applied, alpha on white). A JPEG that
+    already shows it to readers ignoring EXIF (orientation 1, not CMYK) keeps its bytes; anything
+    else is re-encoded. Rules in filters.image.export_jpeg."""
+    return export_jpeg(data, quality, fmt)
 
 
 class ExportStage(Stage):

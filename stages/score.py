@@ -19,8 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from models.clip.base import ClipBackend
 from models.clip.factory import BackendSpec, load_backend
-from models.gpu_decode import (decode_cpu, decode_jpegs_gpu, decode_pil, gpu_decode_available,
-                               is_jpeg, resize_batch_gpu)
+from models.gpu_decode import decode_batch_device, decode_cpu, decode_pil, gpu_decode_available
 from filters.language import route_language
 from pipeline.stage import Resources, Stage
 
@@ -248,23 +247,9 @@ class ScoreStage(Stage):
         return (e_img, e_txt), ok_all
 
     def _decode_gpu(self, be: ClipBackend, d: list[bytes | None]) -> tuple[torch.Tensor, np.ndarray]:
+        # nvJPEG for plain JPEGs (EXIF orientation applied on device), the CPU decoder for the rest.
         assert be.pixel is not None
-        ok = np.zeros(len(d), bool)
-        th, tw = be.pixel.size
-        out = torch.zeros((len(d), 3, th, tw), device=be.device, dtype=torch.float32)
-        jpeg_idx = [j for j, b in enumerate(d) if is_jpeg(b)]
-        decoded = decode_jpegs_gpu([d[j] for j in jpeg_idx], be.device)  # type: ignore[misc]
-        good = [(j, t) for j, t in zip(jpeg_idx, decoded) if t is not None]
-        if good:
-            out[[j for j, _ in good]] = resize_batch_gpu([t for _, t in good], be.pixel)
-            ok[[j for j, _ in good]] = True
-        rest = [j for j in range(len(d)) if not ok[j]]
-        arrs = list(self.pool.map(lambda j: decode_cpu(d[j], be.pixel, self.cfg.jpeg_draft), rest))
-        for j, a in zip(rest, arrs):
-            if a is not None:
-                out[j] = torch.from_numpy(a).to(be.device).permute(2, 0, 1).float()
-                ok[j] = True
-        return out, ok
+        return decode_batch_device(d, be.pixel, be.device, self.pool.map, self.cfg.jpeg_draft)
 
 
 def _normalize_float(px: torch.Tensor, be: ClipBackend) -> torch.Tensor:
