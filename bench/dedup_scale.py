@@ -101,14 +101,14 @@ def _mosaic(parts: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([luma.reshape(m, -1), tex, chroma.reshape(m, -1)], axis=1)
 
 
-def synthesise(n: int, seed: int = 0):
+def synthesise(n: int, seed: int = 0, n_proto: int = 3000):
     import pyarrow as pa
 
     from filters import dedup as D
     from filters.image import NEAR_CHROMA_GRID, NEAR_GRID, NEAR_SIG_BYTES
 
     rng = np.random.default_rng(seed)
-    proto = render_signatures(3000, rng).astype(np.float32)
+    proto = render_signatures(n_proto, rng).astype(np.float32)
     sigs = np.empty((n, NEAR_SIG_BYTES), np.uint8)
     chunk = 1 << 16
     for s in range(0, n, chunk):

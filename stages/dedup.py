@@ -1,31 +1,50 @@
 """dedup: the one global step. Groups exact duplicates (URL, image sha256, normalised caption,
-(caption, image) pair), near-duplicate images (pHash Hamming distance <= k, through a
-multi-index, never all pairs) and, when the score stage ran, semantic duplicates (image
-embedding cosine >= tau, faiss). It writes `dup_of` (the representative's uid; a row that is kept
-names itself) and `dup_reason`; it deletes nothing, select decides.
+(caption, image) pair), near-duplicate images (near_sig thumbnails: k-NN candidates, crop-aligned
+verification) and, when the score stage ran, semantic duplicates (image-embedding cosine >= tau).
+It writes `dup_of` (the representative's uid; a row that is kept names itself) and `dup_reason`;
+it deletes nothing, select decides. The representative is the best member by one documented
+order (filters/dedup/core.best_first): passes select's other rules, then CLIP score, then image
+size, then uid.
 
-Scale: `prepare` reads only stat columns (int64 codes, 64-bit hashes, sizes, the 1,544-byte
-near_sig), never image bytes. The near_sig column dominates: 1.5 GB per 1M rows, held once by
-Arrow and once as the numpy matrix dedup verifies against (bench/dedup_scale.py: 1M rows peak
-4.8 GB). Because uids are row positions, the result is two
-arrays indexed by uid that every worker looks rows up in.
+One algorithm, two ways to run it (`dedup.distributed`): every step is a map over shards and a
+reduce over partitions, run in this process (LocalMapper) or as Ray tasks (pipeline/dedup_ray.py),
+so both give the same decisions by construction:
+  exact     map: per key, rows hash-partitioned by key value; reduce: groups of equal keys become
+            edges. The driver joins the edges into components (memory follows the duplicates).
+  near      map: the 8x8 summary of each signature, a uid-hashed sample trains k-means
+            (`bucket_rows` rows a bucket); map: each row goes to its `bucket_probes` nearest
+            buckets with its full signature; reduce (a range of buckets a task): exact k-NN and
+            verification inside each bucket. The driver builds stars from the verified edges.
+  semantic  the same with the image embedding (SemDeDup: k-means, assign, compare within
+            clusters in chunks), per CLIP model.
+Up to `bucket_rows` candidate rows there is one bucket: exact k-NN / exact cosine over all rows.
+The driver holds per-row arrays only for rows in a duplicate edge, never per-row Python objects.
 """
 from __future__ import annotations
 
 import logging
-from typing import Literal
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
-from filters.dedup import (NEAR_MAX_CHROMA, NEAR_MAX_CROP, NEAR_MAX_DIFF, NEAR_MAX_RMS, NEAR_MAX_TEXTURE,
-                           NEAR_NEIGHBORS, dup_of, near_dup_of, near_sigs, pair_codes)
+from filters.dedup.core import best_first, edge_components, edge_stars
+from filters.dedup.exact import dup_of
+from filters.dedup.near import (NEAR_MAX_CHROMA, NEAR_MAX_CROP, NEAR_MAX_DIFF, NEAR_MAX_RMS, NEAR_MAX_TEXTURE,
+                                NEAR_NEIGHBORS, NEAR_SIG_BYTES, near_bucket_pairs, near_sigs, near_summary)
+from filters.dedup.semantic import semantic_bucket_pairs
 from filters.hashing import phash_to_uint64
 from filters.image import color_distance
 from pipeline.stage import Resources, Stage
 
 KEYS = ("url", "sha256", "caption", "caption_image")
+REASONS = ("dup_url", "dup_sha256", "dup_caption", "dup_caption_image", "dup_near", "dup_phash",
+           "dup_semantic")
 log = logging.getLogger("mmcurate")
 
 
@@ -54,129 +73,606 @@ class DedupConfig(BaseModel):
     color_max_distance: float | None = Field(12.0, ge=0, le=255)
     # Image-embedding cosine for semantic duplicates (needs score; None: off).
     semantic_threshold: float | None = Field(0.94, ge=-1, le=1)
-    semantic_index: Literal["auto", "flat", "ivf", "clustered"] = "auto"
     # Guard: an embedding space in which more than this share of rows are "duplicates" is a
     # degenerate model (random or barely trained), not a corpus of copies; semantic dedup is then
     # skipped with a warning instead of wiping the run.
     semantic_max_fraction: float = Field(0.5, gt=0, le=1)
+    # Near and semantic candidates are compared inside k-means buckets of about this many rows
+    # (one bucket, i.e. exact search over all rows, up to this many); each row joins its
+    # `bucket_probes` nearest buckets, so a pair split by a bucket border is still compared.
+    bucket_rows: int = Field(20_000, ge=2)
+    bucket_probes: int = Field(2, ge=1, le=8)
+    # Ray tasks (true), this process (false), or Ray when it is running and the run has at least
+    # `distributed_min_rows` rows (auto). Both give the same decisions.
+    distributed: bool | Literal["auto"] = "auto"
+    distributed_min_rows: int = Field(1_000_000, ge=0)
+    # Kept so recipes written for the faiss-index choice still load; bucketing replaced it.
+    semantic_index: Literal["auto", "flat", "ivf", "clustered"] = "auto"
 
 
-def _codes(values: list) -> np.ndarray:
-    import pandas as pd
+# ---- sources: where map tasks read their shard ------------------------------------------------
 
-    codes, _ = pd.factorize(np.asarray(values, dtype=object), use_na_sentinel=True)
-    return codes.astype(np.int64)
+class TableSource:
+    """An in-memory table cut into shards (for compute_dups, tests and benchmarks)."""
 
+    def __init__(self, t: pa.Table, shard_rows: int = 1 << 16):
+        self.t, self.shard_rows = t, shard_rows
+        self.n_rows = t.num_rows
 
-def compute_dups(t: pa.Table, cfg: DedupConfig) -> tuple[np.ndarray, list[str | None]]:
-    """(dup_of, reason) for the rows of `t`, which holds uid and whatever stats exist."""
-    uids = t.column("uid").to_numpy()
-    n = len(uids)
-    cols = t.column_names
-    ok = np.array([bool(v) for v in t.column("decode_ok").to_pylist()]) if "decode_ok" in cols else np.ones(n, bool)
-    w = np.nan_to_num(np.array(t.column("width").to_pylist(), dtype=float)) if "width" in cols else np.zeros(n)
-    h = np.nan_to_num(np.array(t.column("height").to_pylist(), dtype=float)) if "height" in cols else np.zeros(n)
-    # Usable rows win over failed ones, then the largest image, then the smallest uid.
-    area = np.where(ok, w * h + 1, 0)
-    sha = _codes([s if o else None for s, o in zip(t.column("sha256").to_pylist(), ok)]) \
-        if "sha256" in cols else None
-    # Factorised codes (not the raw 63-bit keys) so the (caption, image) pair code cannot overflow.
-    cap = _codes(t.column("caption_key").to_pylist()) if "caption_key" in cols else None
-    available = {"url": _codes(t.column("url").to_pylist()), "sha256": sha, "caption": cap,
-                 "caption_image": pair_codes(cap, sha) if cap is not None and sha is not None else None}
-    keys = {k: available[k] for k in cfg.exact if available.get(k) is not None}
-    if cfg.near == "signature" and "near_sig" in cols:
-        reps = _signature_dups(t, uids, keys, ok, w, h, area, cfg)
-        reason = _reasons(uids, reps, keys, None, None, cfg, area, near_reason="dup_near")
-        if cfg.semantic_threshold is not None and "img_emb" in cols:
-            reps, reason = _semantic(t, uids, reps, reason, cfg)
-        return reps, reason
-    phash = valid = None
-    if cfg.near != "off" and cfg.phash_max_distance is not None and "phash" in cols:
-        phash, valid = phash_to_uint64(t.column("phash").to_pylist())
-        valid &= ok
-    verify = None
-    if phash is not None and cfg.color_max_distance is not None and "color_sig" in cols:
-        sigs = t.column("color_sig").to_pylist()
-        verify = lambda a, b: np.array([color_distance(sigs[i], sigs[j]) <= cfg.color_max_distance
-                                        for i, j in zip(a, b)], bool)
-    reps = dup_of(uids, area=area, keys=keys, phash=phash, phash_valid=valid,
-                  max_distance=cfg.phash_max_distance, phash_verify=verify)
-    reason = _reasons(uids, reps, keys, phash, valid, cfg, area)
-    if cfg.semantic_threshold is not None and "img_emb" in cols:
-        reps, reason = _semantic(t, uids, reps, reason, cfg)
-    return reps, reason
+    def shards(self) -> list[int]:
+        return list(range(max(1, math.ceil(self.n_rows / self.shard_rows))))
+
+    def columns(self) -> set[str]:
+        return set(self.t.column_names) - {"uid"}
+
+    def read(self, shard: int, columns, optional=()) -> pa.Table:
+        part = self.t.slice(shard * self.shard_rows, self.shard_rows)
+        return part.select(["uid", *[c for c in columns if c in part.column_names and c != "uid"]])
 
 
-def _signature_dups(t: pa.Table, uids: np.ndarray, keys: dict, ok: np.ndarray, w: np.ndarray,
-                    h: np.ndarray, area: np.ndarray, cfg: DedupConfig) -> np.ndarray:
-    """Exact groups first (transitive by nature), then near-duplicate stars among their
-    representatives: only kept images can make another image redundant."""
-    reps = dup_of(uids, area=area, keys=keys, max_distance=None)
-    sigs, valid = near_sigs(t.column("near_sig"))
-    valid &= ok & (reps == uids) & (w > 0) & (h > 0)
-    log_aspect = np.log(np.where(valid, w, 1) / np.where(valid, h, 1))
-    near = near_dup_of(uids, sigs, valid, log_aspect, area=area, neighbors=cfg.near_neighbors,
-                       max_diff=cfg.near_max_diff, max_crop=cfg.near_max_crop,
-                       max_texture=cfg.near_max_texture, max_chroma=cfg.near_max_chroma,
-                       max_rms=cfg.near_max_rms)
-    pos = np.searchsorted(uids, reps, sorter=np.argsort(uids))
-    return near[np.argsort(uids)[pos]]
+class FileSource:
+    """Parquet files, one shard each, holding uid and the dedup columns (bench/dedup_scale.py)."""
+
+    def __init__(self, paths: list[str]):
+        import pyarrow.parquet as pq
+
+        self.paths = list(paths)
+        self.n_rows = sum(pq.read_metadata(p).num_rows for p in self.paths)
+        self._names = set(pq.read_schema(self.paths[0]).names) - {"uid"} if self.paths else set()
+
+    def shards(self) -> list[int]:
+        return list(range(len(self.paths)))
+
+    def columns(self) -> set[str]:
+        return self._names
+
+    def read(self, shard: int, columns, optional=()) -> pa.Table:
+        import pyarrow.parquet as pq
+
+        return pq.read_table(self.paths[shard], columns=["uid", *[c for c in columns if c in self._names]])
 
 
-def _reasons(uids, reps, keys, phash, valid, cfg, area, near_reason: str = "dup_phash") -> list[str | None]:
-    """Name each non-representative by the first key under which it equals another row."""
-    out: list[str | None] = [None] * len(uids)
-    todo = reps != uids
-    for name, codes in keys.items():
-        if not todo.any():
-            break
-        single = dup_of(uids, area=area, keys={name: codes}, max_distance=None)
-        hit = todo & ((single != uids) | np.isin(uids, single[single != uids]))
-        hit &= np.isin(reps, reps[single != uids]) | (single != uids)
-        for i in np.flatnonzero(hit):
-            out[i] = f"dup_{name}"
-        todo &= ~hit
-    for i in np.flatnonzero(todo):
-        out[i] = near_reason
+class StoreSource:
+    """The run's column store, as seen by the dedup stage (columns of the stages before it)."""
+
+    def __init__(self, store):
+        self.store = store
+        self.n_rows = store.n_rows
+        self._names = set(store.column_sources("dedup"))
+
+    def shards(self) -> list[int]:
+        return list(self.store.shards())
+
+    def columns(self) -> set[str]:
+        return self._names
+
+    def read(self, shard: int, columns, optional=()) -> pa.Table:
+        return self.store.read(shard, [c for c in columns if c in self._names], upto="dedup")
+
+
+class LocalMapper:
+    """Runs map and reduce steps in this process, in order (the GPU machine has no Ray)."""
+
+    workers = 1
+
+    def map(self, fn, args_list: list[tuple], parts: int | None = None) -> list:
+        return [fn(*a) for a in args_list]
+
+    def put(self, x):
+        return x
+
+    def get(self, xs):
+        return xs
+
+
+# ---- per-row quality: the best-member order --------------------------------------------------
+
+QUALITY = pa.schema([("uid", pa.int64()), ("passes", pa.bool_()), ("clip", pa.float32()), ("area", pa.float64())])
+
+
+def quality_columns(source_cols: set[str], rules: list | None) -> list[str]:
+    cols = {"decode_ok", "width", "height", "clip_score"}
+    for r in _usable_rules(source_cols, rules):
+        cols.update(r.columns)
+    return sorted(c for c in cols if c in source_cols)
+
+
+def _usable_rules(cols: set[str], rules: list | None) -> list:
+    return [r for r in rules or [] if all(c in cols for c in r.columns)]
+
+
+def _quality(t: pa.Table, rules: list | None) -> pa.Table:
+    """uid, passes (select's other rules; without them: decodes), clip score, area (0 when the
+    image is unusable, so a usable row always wins)."""
+    n, names = t.num_rows, set(t.column_names)
+    ok = pc.fill_null(t.column("decode_ok"), False).to_numpy(zero_copy_only=False) \
+        if "decode_ok" in names else np.ones(n, bool)
+    w = _num(t, "width", n)
+    h = _num(t, "height", n)
+    passes = ok.copy()
+    for r in _usable_rules(names, rules):
+        passes &= np.array([v is None for v in r.check(t)], bool)
+    clip = _num(t, "clip_score", n, np.nan).astype(np.float32)
+    return pa.table({"uid": t.column("uid"), "passes": passes, "clip": clip,
+                     "area": np.where(ok, w * h + 1, 0.0)}, schema=QUALITY)
+
+
+def _num(t: pa.Table, name: str, n: int, fill: float = 0.0) -> np.ndarray:
+    if name not in t.column_names:
+        return np.full(n, fill, np.float64)
+    return pc.fill_null(t.column(name).cast(pa.float64()), fill).to_numpy(zero_copy_only=False)
+
+
+class _Ranker:
+    """best_first over the rows whose quality the driver received (only rows in an edge)."""
+
+    def __init__(self, tables: list[pa.Table]):
+        q = pa.concat_tables(tables, promote_options="default") if tables else QUALITY.empty_table()
+        uid = q.column("uid").to_numpy()
+        u, first = np.unique(uid, return_index=True)
+        self.uid = u
+        self.passes = q.column("passes").to_numpy(zero_copy_only=False)[first]
+        self.clip = q.column("clip").to_numpy(zero_copy_only=False)[first]
+        self.area = q.column("area").to_numpy()[first]
+
+    def __call__(self, nodes: np.ndarray) -> np.ndarray:
+        i = np.searchsorted(self.uid, nodes)
+        if len(nodes) and (i.max() >= len(self.uid) or (self.uid[i] != nodes).any()):
+            raise RuntimeError("dedup: a row in a duplicate edge came without its quality columns")
+        return best_first(nodes, self.passes[i], self.clip[i], self.area[i])
+
+
+# ---- exact keys ------------------------------------------------------------------------------
+
+def _exact_map(source, shard: int, keys: list[str], rules, n_parts: int) -> list[pa.Table]:
+    """Rows of one shard, hash-partitioned by (key, value), with their quality."""
+    cols = set(source.columns())
+    need = {"url": ["url"], "sha256": ["sha256", "decode_ok"], "caption": ["caption_key"],
+            "caption_image": ["caption_key", "sha256", "decode_ok"]}
+    t = source.read(shard, sorted({c for k in keys for c in need[k]} | set(quality_columns(cols, rules))))
+    q = _quality(t, rules)
+    parts: list[list[pa.Table]] = [[] for _ in range(n_parts)]
+    for key_id, name in enumerate(keys):
+        v = _key_values(t, name)
+        if v is None:
+            continue
+        idx = np.flatnonzero(pc.is_valid(v).to_numpy(zero_copy_only=False))
+        if not len(idx):
+            continue
+        v = v.take(idx)
+        h = pd.util.hash_array(v.to_numpy(zero_copy_only=False).astype(object)) % np.uint64(n_parts)
+        sub = pa.table({"key_id": np.full(len(idx), key_id, np.int8), "key": v}).append_column(
+            "uid", q.column("uid").take(idx))
+        for c in ("passes", "clip", "area"):
+            sub = sub.append_column(c, q.column(c).take(idx))
+        for p in np.unique(h):
+            parts[int(p)].append(sub.take(np.flatnonzero(h == p)))
+    empty = pa.schema([("key_id", pa.int8()), ("key", pa.large_string()), *QUALITY])
+    return [pa.concat_tables(p) if p else empty.empty_table() for p in parts]
+
+
+def _key_values(t: pa.Table, name: str) -> pa.Array | None:
+    """The key of every row as a string (null: no key): usable rows only for image keys, empty
+    strings are no key."""
+    names = t.column_names
+    ok = pc.fill_null(t.column("decode_ok"), False) if "decode_ok" in names else None
+
+    def usable_sha():
+        s = t.column("sha256").cast(pa.large_string())
+        return s if ok is None else pc.if_else(ok, s, pa.scalar(None, pa.large_string()))
+
+    if name == "url" and "url" in names:
+        v = t.column("url").cast(pa.large_string())
+    elif name == "sha256" and "sha256" in names:
+        v = usable_sha()
+    elif name == "caption" and "caption_key" in names:
+        v = t.column("caption_key").cast(pa.large_string())
+    elif name == "caption_image" and "caption_key" in names and "sha256" in names:
+        v = pc.binary_join_element_wise(t.column("caption_key").cast(pa.large_string()), usable_sha(), pa.scalar(":", pa.large_string()))
+    else:
+        return None
+    v = v.combine_chunks() if isinstance(v, pa.ChunkedArray) else v
+    return pc.if_else(pc.equal(v, ""), pa.scalar(None, pa.large_string()), v)
+
+
+def _exact_reduce(*parts: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """Edges (a, b, key_id) joining every row to the first row of its equal-key group, and the
+    quality of the rows in them."""
+    t = pa.concat_tables(parts)
+    a, b, k = [], [], []
+    kid = t.column("key_id").to_numpy()
+    for key_id in np.unique(kid):
+        sel = np.flatnonzero(kid == key_id)
+        codes, _ = pd.factorize(t.column("key").take(sel).to_numpy(zero_copy_only=False))
+        uid = t.column("uid").take(sel).to_numpy()
+        o = np.lexsort((uid, codes))
+        codes, uid = codes[o], uid[o]
+        first = np.ones(len(codes), bool)
+        first[1:] = codes[1:] != codes[:-1]
+        leader = uid[np.flatnonzero(first)[np.cumsum(first) - 1]]
+        m = ~first
+        a.append(leader[m])
+        b.append(uid[m])
+        k.append(np.full(int(m.sum()), key_id, np.int8))
+    return _edges_with_quality(t, a, b, k)
+
+
+def _edges_with_quality(t: pa.Table, a: list, b: list, k: list | None = None) -> tuple[pa.Table, pa.Table]:
+    a = np.concatenate(a) if a else np.zeros(0, np.int64)
+    b = np.concatenate(b) if b else np.zeros(0, np.int64)
+    edges = {"a": a, "b": b}
+    if k is not None:
+        edges["key_id"] = np.concatenate(k) if k else np.zeros(0, np.int8)
+    involved = np.unique(np.concatenate([a, b]))
+    uid = t.column("uid").to_numpy()
+    rows = np.flatnonzero(np.isin(uid, involved))
+    q = t.select(list(QUALITY.names)).take(rows)
+    return pa.table(edges), q
+
+
+# ---- near and semantic: k-means buckets --------------------------------------------------------
+
+@dataclass
+class BucketSpec:
+    """What a bucketed method reads and compares (picklable: it travels to the tasks)."""
+    kind: Literal["near", "semantic"]
+    cfg: DedupConfig
+    rules: list | None
+    exclude: Any = None  # sorted uids that take no part (already duplicates)
+    centroids: dict = field(default_factory=dict)  # group -> (first bucket id, centroids or None)
+
+    def columns(self, cols: set[str]) -> list[str]:
+        base = ["near_sig", "decode_ok", "width", "height"] if self.kind == "near" else ["img_emb", "clip_model"]
+        return sorted((set(base) | set(quality_columns(cols, self.rules))) & cols)
+
+    def rows(self, t: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(row indices, group labels, vectors to bucket by, payload rows, log aspect)."""
+        n = t.num_rows
+        uid = t.column("uid").to_numpy()
+        keep = ~np.isin(uid, self.exclude) if self.exclude is not None and len(self.exclude) else np.ones(n, bool)
+        if self.kind == "near":
+            sigs, valid = near_sigs(t.column("near_sig"))
+            w, h = _num(t, "width", n), _num(t, "height", n)
+            ok = pc.fill_null(t.column("decode_ok"), False).to_numpy(zero_copy_only=False) \
+                if "decode_ok" in t.column_names else np.ones(n, bool)
+            idx = np.flatnonzero(valid & ok & (w > 0) & (h > 0) & keep)
+            vec = near_summary(sigs, idx)
+            return idx, np.zeros(len(idx), np.int64).astype(str), vec, sigs[idx], np.log(w[idx] / h[idx])
+        col = t.column("img_emb")
+        has = pc.is_valid(col).to_numpy(zero_copy_only=False) & keep
+        model = pc.fill_null(t.column("clip_model").cast(pa.string()), "").to_numpy(zero_copy_only=False) \
+            if "clip_model" in t.column_names else np.full(n, "", object)
+        idx = np.flatnonzero(has)
+        lens = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+        width = int(lens[idx].max()) if len(idx) else 0
+        vec = np.zeros((len(idx), width), np.float32)
+        # Backends of different widths: zero-padded to one width; rows only meet inside their
+        # model's buckets, and padding changes no norm or dot product there.
+        for L in np.unique(lens[idx]):
+            sel = np.flatnonzero(lens[idx] == L)
+            flat = pc.list_flatten(col.take(idx[sel])).to_numpy(zero_copy_only=False)
+            vec[sel, :L] = np.asarray(flat, np.float32).reshape(len(sel), int(L))
+        return idx, np.asarray(model[idx]).astype(str), vec, vec, np.zeros(len(idx))
+
+    def pairs(self, uids: np.ndarray, payload: np.ndarray, aspect: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        c = self.cfg
+        if self.kind == "near":
+            return near_bucket_pairs(uids, payload, aspect, neighbors=c.near_neighbors, max_diff=c.near_max_diff,
+                                     max_crop=c.near_max_crop, max_texture=c.near_max_texture,
+                                     max_chroma=c.near_max_chroma, max_rms=c.near_max_rms)
+        return semantic_bucket_pairs(uids, payload, c.semantic_threshold)
+
+
+def _sample_hash(uids: np.ndarray) -> np.ndarray:
+    """A uniform 64-bit hash of the uid: the training sample is a property of the rows, not of
+    the shard layout or the worker that read them."""
+    x = np.asarray(uids, np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    return x ^ (x >> np.uint64(29))
+
+
+def _sample_map(source, shard: int, spec: BucketSpec, keep_below: float) -> dict:
+    """Per group: row count and the sampled rows' (uid, vector)."""
+    t = source.read(shard, spec.columns(set(source.columns())))
+    idx, groups, vec, _, _ = spec.rows(t)
+    uid = t.column("uid").to_numpy()[idx]
+    pick = _sample_hash(uid) < np.uint64(min(keep_below, 1.0) * 2.0 ** 64 - 1) if keep_below < 1 \
+        else np.ones(len(uid), bool)
+    out = {}
+    for g in np.unique(groups):
+        m = groups == g
+        out[str(g)] = (int(m.sum()), uid[m & pick], vec[m & pick])
     return out
 
 
-def _semantic(t, uids, reps, reason, cfg):
-    from filters.semdedup import semantic_dup_of
+def _assign(vec: np.ndarray, centroids: np.ndarray, probes: int, spherical: bool) -> np.ndarray:
+    """Indices of each row's `probes` nearest centroids (exact, numpy: reproducible anywhere)."""
+    x = vec / np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-12) if spherical else vec
+    d = (centroids ** 2).sum(1)[None, :] - 2.0 * (x.astype(np.float64) @ centroids.T.astype(np.float64))
+    p = min(probes, centroids.shape[0])
+    near = np.argpartition(d, p - 1, axis=1)[:, :p] if p < centroids.shape[0] else \
+        np.tile(np.arange(centroids.shape[0]), (len(x), 1))
+    return near
 
-    emb_col = t.column("img_emb")
-    keep = np.flatnonzero((reps == uids) & np.array([v is not None for v in emb_col.to_pylist()]))
-    if len(keep) < 2:
-        return reps, reason
-    vecs = [np.asarray(emb_col[int(i)].as_py(), np.float32) for i in keep]
-    # Backends of different sizes: zero-pad to one width; rows only match within their model
-    # (groups below), and padding changes no norm or dot product there.
-    width = max(len(v) for v in vecs)
-    emb = np.zeros((len(vecs), width), np.float32)
-    for row, v in enumerate(vecs):
-        emb[row, :len(v)] = v
-    prio = np.array([np.nan if v is None else v for v in t.column("clip_score").to_pylist()], float)[keep] \
-        if "clip_score" in t.column_names else None
-    groups = np.array(t.column("clip_model").to_pylist(), dtype=object)[keep] \
-        if "clip_model" in t.column_names else None
-    sem = semantic_dup_of(emb, uids[keep], threshold=cfg.semantic_threshold, priority=prio,
-                          index=cfg.semantic_index, groups=groups)
-    n_dup = int((sem != uids[keep]).sum())
-    if n_dup > cfg.semantic_max_fraction * len(keep):
-        log.warning("semantic dedup would mark %d of %d rows as duplicates (> %.0f%%): the embeddings "
-                    "look degenerate (untrained model?); skipping semantic dedup", n_dup, len(keep),
-                    100 * cfg.semantic_max_fraction)
-        return reps, reason
-    pos = {int(u): i for i, u in enumerate(uids)}
-    reps = reps.copy()
-    for u, r in zip(uids[keep], sem):
-        if r != u:
-            reps[pos[int(u)]] = r
-            reason[pos[int(u)]] = "dup_semantic"
-    # Rows that pointed at a representative that just became a semantic duplicate follow it.
-    reps = np.array([reps[pos[int(r)]] if reps[pos[int(r)]] != r else r for r in reps], np.int64)
-    return reps, reason
+
+def _partition_map(source, shard: int, spec: BucketSpec, reducer_of_bucket: np.ndarray,
+                   n_parts: int) -> list[pa.Table]:
+    """Rows of one shard sent to the reducers of their buckets, with payload and quality."""
+    t = source.read(shard, spec.columns(set(source.columns())))
+    idx, groups, vec, payload, aspect = spec.rows(t)
+    q = _quality(t.take(idx), spec.rules)
+    bucket_rows, buckets = [], []
+    for g in np.unique(groups):
+        m = np.flatnonzero(groups == g)
+        first, cents = spec.centroids[str(g)]
+        if cents is None:
+            bucket_rows.append(m)
+            buckets.append(np.full(len(m), first, np.int64))
+            continue
+        near = _assign(vec[m], cents, spec.cfg.bucket_probes, spec.kind == "semantic")
+        bucket_rows.append(np.repeat(m, near.shape[1]))
+        buckets.append(first + near.ravel().astype(np.int64))
+    rows = np.concatenate(bucket_rows) if bucket_rows else np.zeros(0, np.int64)
+    bucket = np.concatenate(buckets) if buckets else np.zeros(0, np.int64)
+    pay = np.ascontiguousarray(payload).view(np.uint8).reshape(len(payload), -1) if len(payload) \
+        else np.zeros((0, 1), np.uint8)
+    width = pay.shape[1]
+    out = []
+    red = reducer_of_bucket[bucket] if len(bucket) else np.zeros(0, np.int64)
+    for p in range(n_parts):
+        sel = rows[red == p]
+        buf = pa.py_buffer(np.ascontiguousarray(pay[sel]).reshape(-1))
+        payload_col = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(sel), [None, buf])
+        out.append(pa.table({"bucket": bucket[red == p], "payload": payload_col, "aspect": aspect[sel],
+                             **{c: q.column(c).take(sel) for c in QUALITY.names}}))
+    return out
+
+
+def _bucket_reduce(spec: BucketSpec, *parts: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """Verified pairs inside every bucket of this reducer's range, and their rows' quality."""
+    t = pa.concat_tables(parts)
+    bucket = t.column("bucket").to_numpy()
+    uid = t.column("uid").to_numpy()
+    o = np.lexsort((uid, bucket))
+    bucket, uid = bucket[o], uid[o]
+    width = t.schema.field("payload").type.byte_width
+    raw = np.frombuffer(t.column("payload").combine_chunks().buffers()[1], np.uint8) if t.num_rows else \
+        np.zeros(0, np.uint8)
+    off = t.column("payload").combine_chunks().offset if t.num_rows else 0
+    pay = raw[off * width:(off + t.num_rows) * width].reshape(t.num_rows, width)[o]
+    if spec.kind == "semantic":
+        pay = pay.view(np.float32)
+    aspect = t.column("aspect").to_numpy()[o]
+    a, b = [], []
+    bounds = np.flatnonzero(np.diff(bucket)) + 1
+    for s, e in zip(np.r_[0, bounds], np.r_[bounds, len(bucket)]):
+        pa_, pb = spec.pairs(uid[s:e], pay[s:e], aspect[s:e])
+        a.append(pa_)
+        b.append(pb)
+    return _edges_with_quality(t, a, b)
+
+
+def _buckets(mapper, source, spec: BucketSpec, shards: list[int]) -> tuple[pa.Table, pa.Table, int]:
+    """Verified similarity edges of one bucketed method, their rows' quality, and the number of
+    candidate rows."""
+    cfg = spec.cfg
+    # ~256 training rows a centroid; the count comes from the same pass.
+    est = getattr(source, "n_rows", 0) or 1
+    n_buckets_est = max(1, math.ceil(est / cfg.bucket_rows))
+    keep_below = min(1.0, 256 * n_buckets_est / est)
+    spec_ref = mapper.put(spec)
+    samples = mapper.get(mapper.map(_sample_map, [(source, s, spec_ref, keep_below) for s in shards]))
+    groups: dict[str, list] = {}
+    for part in samples:
+        for g, (cnt, u, v) in part.items():
+            acc = groups.setdefault(g, [0, [], []])
+            acc[0] += cnt
+            acc[1].append(u)
+            acc[2].append(v)
+    n_cand = sum(acc[0] for acc in groups.values())
+    first = 0
+    for g in sorted(groups):
+        cnt, us, vs = groups[g]
+        k = max(1, math.ceil(cnt / cfg.bucket_rows))
+        if k == 1:
+            spec.centroids[g] = (first, None)
+        else:
+            u, v = np.concatenate(us), np.concatenate(vs)
+            o = np.argsort(u)
+            spec.centroids[g] = (first, _kmeans(v[o], k, spherical=spec.kind == "semantic"))
+            k = spec.centroids[g][1].shape[0]
+        first += k
+    n_buckets = max(first, 1)
+    width = max((v[0].shape[1] for _, _, v in groups.values() if v and v[0].ndim == 2), default=1)
+    row_bytes = NEAR_SIG_BYTES if spec.kind == "near" else 4 * width
+    # Partitions of ~128 MB, at least two per worker, at most one per bucket.
+    n_parts = int(min(n_buckets, max(2 * getattr(mapper, "workers", 1),
+                                     math.ceil(n_cand * min(cfg.bucket_probes, n_buckets) * (row_bytes + 40) / 2 ** 27))))
+    reducer_of_bucket = (np.arange(n_buckets) * n_parts // n_buckets).astype(np.int64)
+    spec_ref = mapper.put(spec)
+    parts = mapper.map(_partition_map, [(source, s, spec_ref, reducer_of_bucket, n_parts) for s in shards],
+                       parts=n_parts)
+    results = mapper.get(mapper.map(_bucket_reduce, [(spec_ref, *[p[r] for p in parts]) for r in range(n_parts)]))
+    edges = pa.concat_tables([e for e, _ in results])
+    return edges, [q for _, q in results], n_cand
+
+
+def _kmeans(x: np.ndarray, k: int, spherical: bool) -> np.ndarray:
+    import faiss
+
+    k = min(k, len(x))
+    km = faiss.Kmeans(x.shape[1], k, niter=20, seed=0, spherical=spherical, max_points_per_centroid=256,
+                      verbose=False)
+    km.train(np.ascontiguousarray(x, np.float32))
+    return km.centroids.astype(np.float32)
+
+
+# ---- the whole step --------------------------------------------------------------------------
+
+@dataclass
+class DedupResult:
+    """Rows that are duplicates (sorted uid), the uid they defer to, and why (REASONS index)."""
+    uid: np.ndarray
+    rep: np.ndarray
+    reason: np.ndarray
+
+    def lookup(self, uids: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
+        uids = np.asarray(uids, np.int64)
+        if not len(self.uid):
+            return uids.copy(), [None] * len(uids)
+        i = np.clip(np.searchsorted(self.uid, uids), 0, len(self.uid) - 1)
+        hit = self.uid[i] == uids
+        rep = np.where(hit, self.rep[i], uids)
+        reason = [REASONS[self.reason[j]] if h else None for j, h in zip(i.tolist(), hit.tolist())]
+        return rep, reason
+
+
+def run_dedup(source, cfg: DedupConfig, rules: list | None = None, mapper=None) -> DedupResult:
+    """Every duplicate row of `source` with its representative and reason (see module doc)."""
+    mapper = mapper or LocalMapper()
+    shards = source.shards()
+    cols = set(source.columns())
+    if cfg.near == "phash" or (cfg.near == "signature" and "near_sig" not in cols and "phash" in cols):
+        if not isinstance(mapper, LocalMapper):
+            raise ValueError("dedup.near: phash has no distributed path; use near: signature, or "
+                             "dedup.distributed: false")
+        return _phash_dense(source, cfg, rules)
+    keys = [k for k in cfg.exact if {"url": "url" in cols, "sha256": "sha256" in cols,
+                                     "caption": "caption_key" in cols,
+                                     "caption_image": "caption_key" in cols and "sha256" in cols}[k]]
+    dup_u, dup_r, dup_why = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int8)
+    quality: list[pa.Table] = []
+    if keys:
+        n_parts = max(2 * getattr(mapper, "workers", 1), math.ceil(source.n_rows * 120 * len(keys) / 2 ** 27))
+        rules_ref = mapper.put(rules)
+        parts = mapper.map(_exact_map, [(source, s, keys, rules_ref, n_parts) for s in shards], parts=n_parts)
+        res = mapper.get(mapper.map(_exact_reduce, [tuple(p[r] for p in parts) for r in range(n_parts)]))
+        edges = pa.concat_tables([e for e, _ in res])
+        quality += [q for _, q in res]
+        a, b = edges.column("a").to_numpy(), edges.column("b").to_numpy()
+        nodes, reps = edge_components(a, b, _Ranker(quality))
+        dup = reps != nodes
+        dup_u, dup_r = nodes[dup], reps[dup]
+        # Reason: the first key (recipe order) under which the row equals another row.
+        kid = edges.column("key_id").to_numpy()
+        ends = np.concatenate([a, b])
+        first_key = pd.Series(np.concatenate([kid, kid])).groupby(ends).min()
+        dup_why = first_key.reindex(dup_u).to_numpy().astype(np.int8)
+        dup_why = np.array([REASONS.index(f"dup_{keys[k]}") for k in dup_why], np.int8) if len(dup_why) \
+            else dup_why
+    if cfg.near == "signature" and "near_sig" in cols:
+        spec = BucketSpec("near", cfg, rules, exclude=dup_u)
+        edges, q, _ = _buckets(mapper, source, spec, shards)
+        quality += q
+        dup_u, dup_r, dup_why = _merge(dup_u, dup_r, dup_why, edges, quality, REASONS.index("dup_near"))
+    if cfg.semantic_threshold is not None and "img_emb" in cols:
+        spec = BucketSpec("semantic", cfg, rules, exclude=dup_u)
+        edges, q, n_cand = _buckets(mapper, source, spec, shards)
+        quality += q
+        new = _merge(dup_u, dup_r, dup_why, edges, quality, REASONS.index("dup_semantic"))
+        n_sem = len(new[0]) - len(dup_u)
+        if n_sem > cfg.semantic_max_fraction * max(n_cand, 1):
+            log.warning("semantic dedup would mark %d of %d rows as duplicates (> %.0f%%): the embeddings "
+                        "look degenerate (untrained model?); skipping semantic dedup", n_sem, n_cand,
+                        100 * cfg.semantic_max_fraction)
+        else:
+            dup_u, dup_r, dup_why = new
+    o = np.argsort(dup_u)
+    return DedupResult(dup_u[o], dup_r[o], dup_why[o])
+
+
+def _merge(dup_u, dup_r, dup_why, edges: pa.Table, quality: list[pa.Table], reason: int):
+    """Add the stars of a similarity step over the rows that were still kept; rows that deferred
+    to a row that now joins a star follow it to its centre."""
+    nodes, centre = edge_stars(edges.column("a").to_numpy(), edges.column("b").to_numpy(), _Ranker(quality))
+    new = centre != nodes
+    nu, nc = nodes[new], centre[new]
+    o = np.argsort(nu)
+    nu, nc = nu[o], nc[o]
+    if len(nu) and len(dup_r):
+        i = np.clip(np.searchsorted(nu, dup_r), 0, len(nu) - 1)
+        dup_r = np.where(nu[i] == dup_r, nc[i], dup_r)
+    return (np.concatenate([dup_u, nu]), np.concatenate([dup_r, nc]),
+            np.concatenate([dup_why, np.full(len(nu), reason, np.int8)]))
+
+
+def _phash_dense(source, cfg: DedupConfig, rules) -> DedupResult:
+    """near: phash (the fallback for runs without near_sig): one process, all rows at once."""
+    cols = set(source.columns())
+    want = ["url", "decode_ok", "width", "height", "sha256", "caption_key", "phash", "color_sig"]
+    t = pa.concat_tables([source.read(s, sorted((set(want) | set(quality_columns(cols, rules))) & cols))
+                          for s in source.shards()])
+    uids = t.column("uid").to_numpy()
+    q = _quality(t, rules)
+    rank = np.empty(len(uids), np.int64)
+    rank[best_first(uids, q.column("passes").to_numpy(zero_copy_only=False), q.column("clip").to_numpy(
+        zero_copy_only=False), q.column("area").to_numpy())] = np.arange(len(uids))
+    keys = {}
+    for name in cfg.exact:
+        v = _key_values(t, name)
+        if v is not None:
+            codes, _ = pd.factorize(v.to_numpy(zero_copy_only=False), use_na_sentinel=True)
+            keys[name] = codes.astype(np.int64)
+    phash = valid = verify = None
+    if cfg.near != "off" and cfg.phash_max_distance is not None and "phash" in cols:
+        phash, valid = phash_to_uint64(t.column("phash").to_pylist())
+        valid &= q.column("area").to_numpy() > 0
+        if cfg.color_max_distance is not None and "color_sig" in cols:
+            sigs = t.column("color_sig").to_pylist()
+            verify = lambda a, b: np.array([color_distance(sigs[i], sigs[j]) <= cfg.color_max_distance  # noqa: E731
+                                            for i, j in zip(a, b)], bool)
+    reps = dup_of(uids, rank=rank, keys=keys, phash=phash, phash_valid=valid,
+                  max_distance=cfg.phash_max_distance if phash is not None else None, phash_verify=verify)
+    why = np.full(len(uids), REASONS.index("dup_phash"), np.int8)
+    todo = reps != uids
+    for name, codes in keys.items():
+        single = dup_of(uids, rank=rank, keys={name: codes}, max_distance=None)
+        hit = todo & ((single != uids) | np.isin(uids, single[single != uids]))
+        why[hit] = REASONS.index(f"dup_{name}")
+        todo &= ~hit
+    d = reps != uids
+    res = DedupResult(uids[d], reps[d], why[d])
+    if cfg.semantic_threshold is not None and "img_emb" in cols:
+        spec = BucketSpec("semantic", cfg, rules, exclude=np.sort(uids[d]))
+        edges, qs, n_cand = _buckets(LocalMapper(), source, spec, source.shards())
+        new = _merge(res.uid, res.rep, res.reason, edges, qs + [q], REASONS.index("dup_semantic"))
+        if len(new[0]) - len(res.uid) <= cfg.semantic_max_fraction * max(n_cand, 1):
+            o = np.argsort(new[0])
+            res = DedupResult(new[0][o], new[1][o], new[2][o])
+    o = np.argsort(res.uid)
+    return DedupResult(res.uid[o], res.rep[o], res.reason[o])
+
+
+def compute_dups(t: pa.Table, cfg: DedupConfig, rules: list | None = None, mapper=None,
+                 shard_rows: int = 1 << 16) -> tuple[np.ndarray, list[str | None]]:
+    """(dup_of, reason) for the rows of an in-memory table holding uid and whatever stats exist."""
+    res = run_dedup(TableSource(t, shard_rows), cfg, rules, mapper)
+    return res.lookup(t.column("uid").to_numpy())
+
+
+def select_rules(recipe) -> list | None:
+    """select's rules other than the duplicate rule (the best member must pass them)."""
+    sel = getattr(recipe, "select", None)
+    if sel is None:
+        return None
+    from stages.select import build_rules
+
+    annotate = getattr(recipe, "annotate", None)
+    reject_sensitive = getattr(annotate, "sensitive_action", "mask") == "reject"
+    return build_rules(sel.model_copy(update={"reject_duplicates": False}), reject_sensitive)
+
+
+def use_ray(cfg: DedupConfig, n_rows: int) -> bool:
+    if cfg.distributed is False:
+        return False
+    try:
+        import ray
+    except ImportError:
+        if cfg.distributed is True:
+            raise RuntimeError("dedup.distributed: true needs Ray (pip install ray), or set it to auto/false")
+        return False
+    if cfg.distributed is True:
+        return True
+    return ray.is_initialized() and n_rows >= cfg.distributed_min_rows
 
 
 class DedupStage(Stage):
@@ -186,25 +682,18 @@ class DedupStage(Stage):
     def resources(self) -> Resources:
         return Resources(cpus=1, batch_size=65536)
 
-    def prepare(self, store) -> dict:
-        avail = store.column_sources("dedup")
-        near = {"signature": ["near_sig", "phash", "color_sig"], "phash": ["phash", "color_sig"],
-                "off": []}[self.config.near]
-        wanted = ["url", "decode_ok", "width", "height", "sha256", "caption_key", *near,
-                  "img_emb", "clip_score", "clip_model"]
-        if self.config.semantic_threshold is None:
-            wanted = wanted[:-3]
-        t = store.read_all([c for c in wanted if c in avail])
-        reps, reason = compute_dups(t, self.config)
-        uids = t.column("uid").to_numpy()
-        order = np.argsort(uids)
-        return {"uids": uids[order], "dup_of": reps[order], "reason": [reason[i] for i in order]}
+    def prepare(self, store) -> DedupResult:
+        source = StoreSource(store)
+        mapper = None
+        if use_ray(self.config, source.n_rows):
+            from pipeline.dedup_ray import RayMapper
+
+            mapper = RayMapper()
+        return run_dedup(source, self.config, select_rules(getattr(self.run, "recipe", None)), mapper)
 
     def setup(self, state) -> None:
         self.state = state
 
     def process(self, batch: pa.Table) -> pa.Table:
-        # Failed shards leave gaps in the uids, so look rows up rather than offset them.
-        idx = np.searchsorted(self.state["uids"], batch.column("uid").to_numpy())
-        return pa.table({"dup_of": pa.array(self.state["dup_of"][idx], pa.int64()),
-                         "dup_reason": pa.array([self.state["reason"][i] for i in idx], pa.string())})
+        rep, reason = self.state.lookup(batch.column("uid").to_numpy())
+        return pa.table({"dup_of": pa.array(rep, pa.int64()), "dup_reason": pa.array(reason, pa.string())})

@@ -117,3 +117,68 @@ def test_hash_helpers():
 
 def test_empty():
     assert dup_of(np.array([], dtype=np.int64), phash=np.array([], dtype=np.uint64)).tolist() == []
+
+
+def _write_store(tmp_path, rows: list[dict]):
+    """A real column store (input, download, annotate, score shards) holding `rows`."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from filters.hashing import caption_key
+    from filters.text import clean_captions
+    from pipeline.store import ColumnStore
+
+    n = len(rows)
+    uid = pa.array(range(n), pa.int64())
+    text = clean_captions([r["caption"] for r in rows])
+    cols = {
+        "input": {"url": [f"https://x.test/{i}.jpg" for i in range(n)], "caption": [r["caption"] for r in rows]},
+        "download": {"download_ok": [True] * n, "download_reason": [None] * n},
+        "annotate": {"decode_ok": [True] * n, "decode_error": [None] * n,
+                     "width": [r.get("w", 640) for r in rows], "height": [r.get("h", 480) for r in rows],
+                     "short_side": [min(r.get("w", 640), r.get("h", 480)) for r in rows],
+                     "aspect_ratio": [max(r.get("w", 640), r.get("h", 480)) / min(r.get("w", 640), r.get("h", 480))
+                                      for r in rows],
+                     "sha256": [r["sha"] for r in rows],
+                     "caption_key": [None if caption_key(c) is None else abs(hash(caption_key(c))) >> 1
+                                     for c in text["caption"]],
+                     "lang": text["text_lang"],
+                     **{k: text[k] for k in ("text_chars", "text_uninformative", "text_is_filename",
+                                             "text_hashtag_only", "text_words", "text_repetition",
+                                             "sensitive_hits")}},
+        "score": {"clip_score": [r.get("clip") for r in rows], "clip_error": [None] * n},
+    }
+    for src, c in cols.items():
+        (tmp_path / src).mkdir()
+        pq.write_table(pa.table({"uid": uid, **c}), tmp_path / src / "00000.parquet")
+    (tmp_path / "input" / "meta.json").write_text(json.dumps({"n_shards": 1, "n_rows": n}))
+    return ColumnStore(tmp_path, ["download", "annotate", "score", "dedup"])
+
+
+def test_dedup_keeps_the_member_select_would_keep(tmp_path):
+    """An image seen with a file-name caption (uid 0) and a good one (uid 1) keeps uid 1: the
+    representative passes select's other rules first, then has the higher CLIP score, then the
+    larger image, then the smaller uid."""
+    from pipeline.config import Recipe
+    from pipeline.stage import RunContext
+    from stages.dedup import DedupConfig, DedupStage
+
+    good = "a red car parked on a quiet street"
+    rows = [dict(caption="IMG_1234.jpg", sha="a" * 64, clip=0.35),            # 0: file-name caption
+            dict(caption=good, sha="a" * 64, clip=0.30),                      # 1: kept
+            dict(caption=good + " at night", sha="b" * 64, clip=0.20, w=1200),  # 2
+            dict(caption=good + " at noon", sha="b" * 64, clip=0.31, w=640),    # 3: higher score wins
+            dict(caption=good + " in rain", sha="c" * 64, clip=None, w=1200),   # 4: unscored
+            dict(caption=good + " in snow", sha="c" * 64, clip=None, w=800),    # 5
+            dict(caption=good + " by a tree", sha="d" * 64, clip=0.3, w=600),   # 6
+            dict(caption=good + " by a lake", sha="d" * 64, clip=0.3, w=600)]   # 7: tie: smaller uid
+    store = _write_store(tmp_path, rows)
+    recipe = Recipe(input={"path": str(tmp_path / "urls.parquet")}, workdir=str(tmp_path),
+                    stages=["download", "annotate", "score", "dedup", "select"])
+    stage = DedupStage(DedupConfig(semantic_threshold=None), RunContext(str(tmp_path), recipe))
+    stage.setup(stage.prepare(store))
+    out = stage.process(store.read(0, []))
+    assert out.column("dup_of").to_pylist() == [1, 1, 3, 3, 4, 4, 6, 6]
+    assert out.column("dup_reason").to_pylist() == ["dup_sha256", None, "dup_sha256", None, None,
+                                                    "dup_sha256", None, "dup_sha256"]
