@@ -5,6 +5,10 @@ select → export with the corpus's own sensitive lexicon, and prints per noise 
 were removed or fixed (recall), the precision on clean rows, PII redaction recall per type, the
 sensitive-word recall with the share of clean captions altered, and name detection P/R.
 
+The generator writes its own boilerplate phrases and generic alt-text words (synth/noise.py), not
+the rule list's: boilerplate and uninformative recall are split into phrases the rule list
+(filters/data/boilerplate.txt) contains and held-out ones it does not.
+
     .venv/bin/python bench/quality.py --rows 5000
 """
 from __future__ import annotations
@@ -41,6 +45,50 @@ def pair_removed(row: dict, m: dict) -> bool:
     if other is None:
         return mine
     return mine or m[other]["decision"] != "kept"
+
+
+def _rule_entries() -> tuple[list[str], set[str]]:
+    from filters.text import DEFAULT_BOILERPLATE, load_wordlist
+
+    rules = [r.lower() for r in load_wordlist(DEFAULT_BOILERPLATE)]
+    return [r for r in rules if not r.startswith("=")], {r[1:].strip() for r in rules if r.startswith("=")}
+
+
+def boilerplate_split(labels: list[dict], m: dict) -> None:
+    """Recall on generator phrases the rule list knows vs held-out ones: the rule fired
+    (text_boilerplate_removed > 0) and, for rows with no other noise, the whole phrase is gone."""
+    from filters.text import normalize_text
+    from synth.noise import _GENERIC, BOILERPLATE_EN, BOILERPLATE_ZH
+
+    embedded, whole = _rule_entries()
+    phrases = sorted(BOILERPLATE_ZH + BOILERPLATE_EN, key=len, reverse=True)
+    known = {p: any(e in p.lower() for e in embedded) for p in phrases}
+    print("\nboilerplate by part (generator phrases; 'in list': contains a rule-list entry):")
+    for part in (True, False):
+        n = fired = only = gone = 0
+        for r in labels:
+            if "boilerplate" not in r["labels"]:
+                continue
+            ph = next((p for p in phrases if r["caption"].endswith(p) or p in r["caption"]), None)
+            if ph is None or known[ph] != part:
+                continue
+            out = m[r["row"]]
+            n += 1
+            fired += (out["text_boilerplate_removed"] or 0) > 0
+            if r["labels"] == ["boilerplate"]:
+                only += 1
+                gone += (out.get("caption_clean") or "") == normalize_text(r["true_caption"])
+        name = "in list" if part else "held out"
+        print(f"  {name:9} {len(set(p for p in phrases if known[p] == part)):3} phrases, {n:4} rows: "
+              f"rule fired {fired / max(1, n):.3f}; phrase wholly gone {gone}/{only} = {gone / max(1, only):.3f}")
+    gen = {w.lower(): w.lower() in whole for ws in _GENERIC.values() for w in ws}
+    print("uninformative alt-text by part (whole caption is one generator phrase or generic word):")
+    for part in (True, False):
+        rows = [r for r in labels if "uninformative" in r["labels"] and r["caption"]
+                and ((r["caption"].lower() in gen and gen[r["caption"].lower()] == part)
+                     or (r["caption"] in known and known[r["caption"]] == part))]
+        caught = sum(m[r["row"]]["decision"] != "kept" for r in rows)
+        print(f"  {'in list' if part else 'held out':9} {len(rows):4} rows: removed {caught / max(1, len(rows)):.3f}")
 
 
 def evaluate(corpus: Path, wd: Path) -> None:
@@ -99,6 +147,8 @@ def evaluate(corpus: Path, wd: Path) -> None:
     print(f"  removed clean rows by reason: {dict(Counter(m[r['row']]['reason'] for r in fp).most_common(6))}")
     altered = [r for r in clean if (m[r["row"]].get("caption_clean") or "") != normalize_text(r["caption"])]
     print(f"  clean captions altered by text rules: {len(altered)} of {len(clean)}")
+
+    boilerplate_split(labels, m)
 
     # PII per type.
     print("\nPII redaction recall per type (inserted strings gone from caption_clean):")

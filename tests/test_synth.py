@@ -428,3 +428,25 @@ def test_cli_help_and_serve_args(capsys):
     assert "--rate NAME=VALUE" in text and "timeout_delay" in text
     args = _parser().parse_args(["serve", "corpus"])
     assert args.port is None and args.host == "127.0.0.1"
+
+
+def test_boilerplate_is_written_for_the_generator_with_a_held_out_part():
+    """The generator must not draw from the rule it is used to test: few of its phrases are
+    verbatim entries of filters/data/boilerplate.txt, and a real part contains none of them, so
+    bench/quality.py can report recall on phrases the rule list knows and on held-out ones."""
+    from filters.text import load_wordlist
+    from synth.noise import _GENERIC, BOILERPLATE_EN, BOILERPLATE_ZH
+
+    rules = [r.lower() for r in load_wordlist(Path(__file__).resolve().parents[1] / "filters" / "data"
+                                              / "boilerplate.txt")]
+    embedded = [r for r in rules if not r.startswith("=")]
+    whole = {r[1:] for r in rules if r.startswith("=")}
+    for phrases in (BOILERPLATE_ZH, BOILERPLATE_EN):
+        low = [p.lower() for p in phrases]
+        verbatim = [p for p in low if p in embedded]
+        held_out = [p for p in low if not any(e in p for e in embedded)]
+        assert len(verbatim) <= len(low) // 4, verbatim
+        assert len(held_out) >= len(low) // 3, held_out
+        assert len(held_out) < len(low)  # and some the rule list should know
+    for words in _GENERIC.values():
+        assert any(w.lower() not in whole for w in words)
