@@ -72,7 +72,7 @@ class AnnotateConfig(Strict):
     # unless forced by sensitive_strict / sensitive_strict_file.
     sensitive_strict: list[str] = []
     sensitive_strict_file: str | None = None
-    sensitive_common_rank: int | None = Field(10_000, ge=1)
+    sensitive_common_rank: int | None = Field(20_000, ge=1)
     sensitive_max_share: float | None = Field(0.01, gt=0, le=1)
     sensitive_share_sample: int = Field(200_000, ge=1)
 
