@@ -273,3 +273,9 @@ def test_recipe_switches_reach_the_cleaner_and_select():
     counts = {c: [0, 0, None] for c in PII_COLUMNS}
     counts["pii_phone"] = [1, 0, None]
     assert rule.check(pa.table(counts)) == ["pii_caption", None, None]
+
+
+def test_old_seven_digit_landline_needs_a_phone_word():
+    # Changsha numbers have had 8 local digits since 2008; a 7-digit one is the old plan.
+    assert _zh("咨询热线 0731-3128965")[1] == {"phone": 1}
+    assert _zh("编号 0731-3128965")[1] == {}
