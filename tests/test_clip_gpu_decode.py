@@ -1,12 +1,16 @@
 """The device decode path's pieces, run on CPU tensors (torchvision decodes lists on CPU too)."""
 import io
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 from PIL import Image
 
-from models.clip.transforms import PixelSpec
-from models.gpu_decode import decode_cpu, decode_jpegs_gpu, is_jpeg, resize_batch_gpu
+from filters.image import to_rgb
+from models.clip.transforms import PixelSpec, pil_to_uint8
+from models.gpu_decode import decode_cpu, decode_jpegs_gpu, is_jpeg, nvjpeg_orientation, resize_batch_gpu
+from stages.score import ScoreConfig, ScoreStage
 
 
 def _jpeg(w: int, h: int, seed: int) -> bytes:
@@ -37,3 +41,50 @@ def test_device_resize_close_to_cpu_path():
     assert dev.shape == cpu.shape == (4, 32, 32, 3)
     # Different resize kernels and JPEG decoders: close, not identical.
     assert np.abs(dev - cpu).mean() < 4.0
+
+
+def _oriented_jpeg(displayed: np.ndarray, orientation: int) -> bytes:
+    # Stored pixels from the displayed ones, per the EXIF definition of each orientation.
+    stored = {1: lambda d: d, 2: lambda d: d[:, ::-1], 3: lambda d: d[::-1, ::-1],
+              4: lambda d: d[::-1], 5: lambda d: d.swapaxes(0, 1), 6: lambda d: np.rot90(d, 1),
+              7: lambda d: np.rot90(d, 2).swapaxes(0, 1), 8: lambda d: np.rot90(d, -1)}[orientation]
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(stored(displayed))).save(buf, "JPEG", quality=95, exif=exif)
+    return buf.getvalue()
+
+
+def test_score_gpu_path_applies_exif_orientation():
+    # nvJPEG ignores EXIF: a phone photo taken upright reached the model lying on its side. The
+    # score stage's device path (run here on CPU tensors) must give the displayed picture.
+    shown = np.asarray(Image.open(io.BytesIO(_jpeg(72, 40, 5))).convert("RGB"))
+    spec = PixelSpec(size=(24, 40), resize_mode="squash")  # non-square: a swap changes the result
+    want = pil_to_uint8(Image.fromarray(shown), spec).astype(np.float32)
+    datas = [_oriented_jpeg(shown, o) for o in range(1, 9)]
+    st = ScoreStage(ScoreConfig(decode="gpu"))
+    st.pool = ThreadPoolExecutor(1)
+    px, ok = st._decode_gpu(SimpleNamespace(pixel=spec, device=torch.device("cpu")), datas)
+    st.pool.shutdown()
+    assert ok.all()
+    for o in range(8):
+        assert np.abs(px[o].permute(1, 2, 0).numpy() - want).mean() < 4.0, f"orientation {o + 1}"
+
+
+def test_device_orientation_and_routing():
+    shown = np.asarray(Image.open(io.BytesIO(_jpeg(60, 36, 7))).convert("RGB"))
+    datas = [_oriented_jpeg(shown, o) for o in range(1, 9)]
+    assert [nvjpeg_orientation(d) for d in datas] == list(range(1, 9))
+    dec = decode_jpegs_gpu(datas, torch.device("cpu"), list(range(1, 9)))
+    for d, t in zip(datas, dec):  # full size, before any resize: the same picture as to_rgb
+        ref = np.asarray(to_rgb(d), np.float32)
+        assert t.shape == (3, 36, 60) and np.abs(t.permute(1, 2, 0).numpy() - ref).mean() < 1.5
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(datas[0])).convert("CMYK").save(buf, "JPEG")
+    png = io.BytesIO()
+    Image.fromarray(shown).save(png, "PNG")
+    grey = io.BytesIO()
+    Image.fromarray(shown).convert("L").save(grey, "JPEG")
+    # CMYK JPEGs and non-JPEGs take the CPU path; grey JPEGs nvJPEG expands like to_rgb does.
+    assert [nvjpeg_orientation(b.getvalue()) for b in (buf, png, grey)] == [None, None, 1]
+    assert nvjpeg_orientation(None) is None and nvjpeg_orientation(b"\xff\xd8\xff garbage") is None

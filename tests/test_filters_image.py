@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from filters.image import IMAGE_COLUMNS, inspect_image, inspect_images, to_rgb
+from filters.image import (ALPHA_BACKGROUND, IMAGE_COLUMNS, NEAR_SIG_BYTES, export_jpeg, inspect_image,
+                           inspect_images, to_rgb)
 
 
 def _save(im: Image.Image, fmt: str, **kw) -> bytes:
@@ -196,3 +197,89 @@ def test_phash_hex_equals_imagehash():
         small = rng.integers(0, 256, size=(6, 9, 3), dtype=np.uint8)
         im = Image.fromarray(small, "RGB").resize((90 + i, 60 + 2 * i), Image.Resampling.BILINEAR)
         assert phash_hex(im) == str(imagehash.phash(im))
+
+
+def _photo(w: int = 200, h: int = 136) -> Image.Image:
+    """A real photo (skimage's wheel) when available, else the block pattern."""
+    try:
+        from skimage import data
+    except ImportError:
+        return _blocks(w, h)
+    return Image.fromarray(data.chelsea()).resize((w, h), Image.Resampling.LANCZOS)
+
+
+@pytest.mark.parametrize("mode,fmt", [("P", "GIF"), ("P", "PNG"), ("1", "PNG"), ("1", "PPM"),
+                                      ("I;16", "PNG"), ("LAB", "TIFF"), ("P", "BMP"), ("L", "GIF")])
+def test_valid_images_are_not_corrupt(mode, fmt):
+    # Regression: the pHash path box-reduced images > 64 px in their own mode, which Pillow
+    # refuses for P, 1, I;16, LAB... ("image has wrong mode"): everyday GIFs came out "corrupt".
+    im = _photo()
+    if mode == "I;16":
+        im = Image.fromarray(np.asarray(im.convert("L")).astype(np.uint16) * 257)
+    else:
+        im = im.convert(mode)
+    r = inspect_image(_save(im, fmt))
+    assert r["decode_ok"], r["decode_error"]
+    assert (r["width"], r["height"]) == (200, 136) and r["phash"] and len(r["near_sig"]) == NEAR_SIG_BYTES
+
+
+def test_alpha_is_hashed_on_the_models_background():
+    # A transparent background is white for every consumer, so its hashes must see white too:
+    # a logo on transparent black and the same logo on opaque white are the same picture.
+    logo = _photo(120, 96)
+    a = Image.new("L", logo.size, 0)
+    a.paste(255, (30, 20, 90, 76))
+    on_clear = Image.merge("RGBA", (*Image.new("RGB", logo.size, 0).split(), a))
+    on_clear.paste(logo.crop((30, 20, 90, 76)), (30, 20))
+    on_white = Image.new("RGB", logo.size, ALPHA_BACKGROUND)
+    on_white.paste(logo.crop((30, 20, 90, 76)), (30, 20))
+    r1, r2 = inspect_image(_save(on_clear, "PNG")), inspect_image(_save(on_white, "PNG"))
+    assert r1["phash"] == r2["phash"] and r1["color_sig"] == r2["color_sig"]
+    assert to_rgb(_save(on_clear, "PNG")).tobytes() == on_white.tobytes()
+
+
+def test_16bit_grey_scaled_by_its_depth_not_by_its_content():
+    # 16-bit values / 257, as browsers show them: a bright one maps to its 8-bit level, and a
+    # nearly black one (all values < 256 of 65535) stays nearly black rather than being
+    # mistaken for 8-bit data.
+    for lo, hi, want in ((100 * 257, 200 * 257, (100, 200)), (100, 200, (0, 1))):
+        arr = np.full((40, 60), hi, np.uint16)
+        arr[:, :30] = lo
+        px = np.asarray(to_rgb(_save(Image.fromarray(arr), "PNG")))
+        assert (px[0, 0, 0], px[0, -1, 0]) == want
+
+
+def test_draft_request_follows_exif_rotation():
+    # A 90-degree JPEG (stored 800x400, shown 400x800) asked for at least 180x100 shown pixels:
+    # the draft works on stored pixels, so the request must be turned too, or the DCT scale
+    # picks 1/4 and the picture comes out 100 px wide.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    d = _save(_blocks(800, 400), "JPEG", exif=exif)
+    assert to_rgb(d, draft=(180, 100)).size == (200, 400)
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_export_jpeg_keeps_bytes_only_when_readers_show_the_same_picture(orientation):
+    im = _blocks(120, 80)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    d = _save(im, "JPEG", quality=90, exif=exif)
+    out = export_jpeg(d, 95, "JPEG")
+    shown = to_rgb(d)
+    if orientation == 1:
+        assert out == d  # no generation loss
+    else:
+        with Image.open(io.BytesIO(out)) as back:  # read as an EXIF-ignoring reader does
+            assert back.getexif().get(0x0112, 1) == 1 and back.size == shown.size
+            assert np.abs(np.asarray(back.convert("RGB"), float) - np.asarray(shown, float)).mean() < 3
+
+
+def test_export_jpeg_reencodes_cmyk_and_non_jpeg():
+    cmyk = _save(_blocks(64, 48).convert("CMYK"), "JPEG")
+    out = export_jpeg(cmyk, 95, "JPEG")
+    with Image.open(io.BytesIO(out)) as back:
+        assert back.mode == "RGB"
+    png = _save(Image.new("RGBA", (10, 8), (0, 0, 0, 0)), "PNG")
+    with Image.open(io.BytesIO(export_jpeg(png, 95, "PNG"))) as back:
+        assert back.format == "JPEG" and back.getpixel((0, 0))[0] > 250  # alpha on white
