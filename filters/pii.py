@@ -72,10 +72,10 @@ _TOKEN_RE = re.compile(r"\S+")
 
 # A phone word shortly before a number: it beats the checksum test for barcodes and dates.
 _PHONE_CUE_RE = re.compile(
-    r"tel|phone|call|mobile|mob\b|cell|fax|whats\s?app|wechat|line\b|hotline|contact|sms|"
+    r"(?<![A-Za-z])(?:tel|phone|call|mobile|mob\b|cell|fax|whats\s?app|wechat|line\b|hotline|contact|sms|"
     r"电话|電話|手机|手機|热线|熱線|致电|致電|来电|來電|联系|聯繫|联络|聯絡|咨询|諮詢|查询|查詢|"
     r"订座|訂座|订位|訂位|预约|預約|微信|传真|傳真|专线|專線|留言|短信|简讯|簡訊|"
-    r"先生|小姐|女士|师傅|師傅|经理|經理|ring|dial|text\b|reach|enquir|inquir|☎|📞|📱", re.IGNORECASE)
+    r"先生|小姐|女士|师傅|師傅|经理|經理|ring|dial|text\b|reach|enquir|inquir|☎|📞|📱)", re.IGNORECASE)
 # A product/version/price word right before a number: what follows is not a phone.
 _LOOKALIKE_BEFORE_RE = re.compile(
     r"(?<![A-Za-z])(?:isbn(?:-?1[03])?|e?ean(?:-?13|-?8)?|upc(?:-?a)?|gtin|barcode|bar\s?code|sku|item|model|"
@@ -84,7 +84,7 @@ _LOOKALIKE_BEFORE_RE = re.compile(
     r"条码|條碼|条形码|條形碼|书号|書號|型号|型號|货号|貨號|编号|編號|订单|訂單|单号|單號|序列号|序號|"
     r"批号|批號|版本|价格|價格|售价|售價|原价|原價|"
     r"rmb|usd|hkd|twd|mop|cny|nt\$|hk\$|us\$|mop\$|\$|¥|￥|€|£)"
-    r"\s*(?:#|no\.?|nr\.?|number|code|号|號)?\s*[:：#]?\s*[(（]?$", re.IGNORECASE)
+    r"[\s.-]*(?:#|no\.?|nr\.?|number|code|号|號)?\s*[:：#]?\s*[(（]?$", re.IGNORECASE)
 _LOOKALIKE_AFTER_RE = re.compile(
     r"\s?(?:元|块|塊|圆|圓|万|萬|亿|億|円|美元|港元|港币|港幣|台币|台幣|澳门币|澳門幣|%|％|"
     r"rmb|usd|hkd|twd|cny|yuan|dollars?)|[-]?[A-Za-z]", re.IGNORECASE)

@@ -192,7 +192,7 @@ def _lookalikes() -> list[str]:
         "APK 3.7.5.8", "Series v1.0.1.0", "build 10.0.19041.1", "version 2.0.0.1", "固件版本 1.2.3.4",
         "2024-05-12", "2024.05.12", "12/05/2024", "拍摄于20240512", "$1,299.99", "售价 21234567 元",
         "HK$ 61234567", "SKU: 61234567", "Item #52345678", "货号 21234567", "型号 6123-4567",
-        "Model 2015550123", "Part No. 5123 4567", "Order no: 0912345678",
+        "Model 2015550123", "Part No. 5123 4567", "Order no: 0912345678", "Art.-Nr. 5123 4567",
     ]
 
 
@@ -279,3 +279,24 @@ def test_old_seven_digit_landline_needs_a_phone_word():
     # Changsha numbers have had 8 local digits since 2008; a 7-digit one is the old plan.
     assert _zh("咨询热线 0731-3128965")[1] == {"phone": 1}
     assert _zh("编号 0731-3128965")[1] == {}
+
+
+def test_select_stage_rejects_pii_only_when_annotate_says_reject():
+    from types import SimpleNamespace
+
+    from pipeline.config import AnnotateConfig, SelectConfig
+    from pipeline.stage import RunContext
+    from stages.select import SelectStage
+
+    def reasons(action):
+        recipe = SimpleNamespace(stages=["download", "annotate", "select"], score=None, capfilt=None,
+                                 annotate=AnnotateConfig(pii_action=action))
+        return [r.reason for r in SelectStage(SelectConfig(), RunContext("/tmp", recipe)).rules]
+
+    assert "pii_caption" in reasons("reject")
+    assert "pii_caption" not in reasons("placeholder") and "pii_caption" not in reasons("remove")
+
+
+def test_phone_word_must_be_a_word():
+    assert R.redact("call 2123-4567 now")[1] == {"phone": 1}
+    assert R.redact("shop online 2123-4567 now")[1] == {}  # "online" is not "line"
