@@ -70,7 +70,8 @@ _EXT_RE = re.compile(r"[ \u00a0]?[,，]?[ \u00a0]?(?:转|轉|分机|分機|内�
                      re.IGNORECASE)
 _TOKEN_RE = re.compile(r"\S+")
 
-# A phone word shortly before a number: it beats the checksum test for barcodes and dates.
+# A phone word shortly before or after a number: it beats the checksum test for barcodes, a
+# compact date, and lets a bare 8- or 10-digit national number count.
 _PHONE_CUE_RE = re.compile(
     r"(?<![A-Za-z])(?:tel|phone|call|mobile|mob\b|cell|fax|whats\s?app|wechat|line\b|hotline|contact|sms|"
     r"电话|電話|手机|手機|热线|熱線|致电|致電|来电|來電|联系|聯繫|联络|聯絡|咨询|諮詢|查询|查詢|"
@@ -141,7 +142,8 @@ _PREFIXED_MOBILE = re.compile(r"(?:0086|86)1[3-9]\d{9}")
 
 def _valid_card(s: str) -> bool:
     d = _digits(s)
-    if not (13 <= len(d) <= 19 and luhn_ok(d)) or _PREFIXED_MOBILE.fullmatch(d):
+    # No card number starts with 0 (ISO/IEC 7812 reserves it); 00... is an international call.
+    if not (13 <= len(d) <= 19 and d[0] != "0" and luhn_ok(d)) or _PREFIXED_MOBILE.fullmatch(d):
         return False
     # One in ten checksum-valid EAN-13/ISBN-13 codes also passes Luhn.
     return not (len(d) == 13 and _ean.is_valid(d))

@@ -214,6 +214,8 @@ def test_cards_still_luhn_and_ids_still_checksum():
     assert R.redact("card 4111 1111 1111 1111") == ("card <CARD>", {"card": 1})
     assert R.redact("card 4222222222222") == ("card <CARD>", {"card": 1})  # 13 digits, not an EAN
     assert _zh(f"证件 {VALID_ID}") == ("证件 <身份证号>", {"id": 1})
+    assert luhn_ok("0085261234000")  # an international call prefix, not a card
+    assert R.redact("WhatsApp 0085261234000") == ("WhatsApp <PHONE>", {"phone": 1})
 
 
 @pytest.mark.parametrize("typ,text", [
