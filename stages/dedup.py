@@ -320,13 +320,16 @@ class BucketSpec:
     rules: list | None
     exclude: Any = None  # sorted uids that take no part (already duplicates)
     centroids: dict = field(default_factory=dict)  # group -> (first bucket id, centroids or None)
+    group: str | None = None  # partition and reduce one group (CLIP model) at a time
+    width: int = 0  # payload bytes a row in that group
 
     def columns(self, cols: set[str]) -> list[str]:
         base = ["near_sig", "decode_ok", "width", "height"] if self.kind == "near" else ["img_emb", "clip_model"]
         return sorted((set(base) | set(quality_columns(cols, self.rules))) & cols)
 
-    def rows(self, t: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(row indices, group labels, vectors to bucket by, payload rows, log aspect)."""
+    def rows(self, t: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(row indices, group labels, vectors to bucket by, payload rows, log aspect, vector
+        width per row), for rows of self.group when set."""
         n = t.num_rows
         uid = t.column("uid").to_numpy()
         keep = ~np.isin(uid, self.exclude) if self.exclude is not None and len(self.exclude) else np.ones(n, bool)
@@ -337,13 +340,16 @@ class BucketSpec:
                 if "decode_ok" in t.column_names else np.ones(n, bool)
             idx = np.flatnonzero(valid & ok & (w > 0) & (h > 0) & keep)
             vec = near_summary(sigs, idx)
-            return idx, np.zeros(len(idx), np.int64).astype(str), vec, sigs[idx], np.log(w[idx] / h[idx])
+            return (idx, np.full(len(idx), "", object), vec, sigs[idx], np.log(w[idx] / h[idx]),
+                    np.full(len(idx), vec.shape[1] if vec.ndim == 2 else 0))
         col = t.column("img_emb")
         has = pc.is_valid(col).to_numpy(zero_copy_only=False) & keep
         model = pc.fill_null(t.column("clip_model").cast(pa.string()), "").to_numpy(zero_copy_only=False) \
             if "clip_model" in t.column_names else np.full(n, "", object)
+        if self.group is not None:
+            has &= model == self.group
         idx = np.flatnonzero(has)
-        lens = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+        lens = pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False)
         width = int(lens[idx].max()) if len(idx) else 0
         vec = np.zeros((len(idx), width), np.float32)
         # Backends of different widths: zero-padded to one width; rows only meet inside their
@@ -352,7 +358,7 @@ class BucketSpec:
             sel = np.flatnonzero(lens[idx] == L)
             flat = pc.list_flatten(col.take(idx[sel])).to_numpy(zero_copy_only=False)
             vec[sel, :L] = np.asarray(flat, np.float32).reshape(len(sel), int(L))
-        return idx, np.asarray(model[idx]).astype(str), vec, vec, np.zeros(len(idx))
+        return idx, np.asarray(model[idx], object), vec, vec, np.zeros(len(idx)), lens[idx]
 
     def pairs(self, uids: np.ndarray, payload: np.ndarray, aspect: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         c = self.cfg
@@ -373,14 +379,15 @@ def _sample_hash(uids: np.ndarray) -> np.ndarray:
 def _sample_map(source, shard: int, spec: BucketSpec, keep_below: float) -> dict:
     """Per group: row count and the sampled rows' (uid, vector)."""
     t = source.read(shard, spec.columns(set(source.columns())))
-    idx, groups, vec, _, _ = spec.rows(t)
+    idx, groups, vec, _, _, dims = spec.rows(t)
     uid = t.column("uid").to_numpy()[idx]
     pick = _sample_hash(uid) < np.uint64(min(keep_below, 1.0) * 2.0 ** 64 - 1) if keep_below < 1 \
         else np.ones(len(uid), bool)
     out = {}
     for g in np.unique(groups):
         m = groups == g
-        out[str(g)] = (int(m.sum()), uid[m & pick], vec[m & pick])
+        w = int(dims[m].max())  # one model, one width: shard padding removed
+        out[str(g)] = (int(m.sum()), uid[m & pick], vec[m & pick][:, :w], w)
     return out
 
 
@@ -398,7 +405,9 @@ def _partition_map(source, shard: int, spec: BucketSpec, reducer_of_bucket: np.n
                    n_parts: int) -> list[pa.Table]:
     """Rows of one shard sent to the reducers of their buckets, with payload and quality."""
     t = source.read(shard, spec.columns(set(source.columns())))
-    idx, groups, vec, payload, aspect = spec.rows(t)
+    idx, groups, vec, payload, aspect, dims = spec.rows(t)
+    if spec.kind == "semantic":
+        vec = payload = vec[:, :spec.width // 4]
     q = _quality(t.take(idx), spec.rules)
     bucket_rows, buckets = [], []
     for g in np.unique(groups):
@@ -413,9 +422,9 @@ def _partition_map(source, shard: int, spec: BucketSpec, reducer_of_bucket: np.n
         buckets.append(first + near.ravel().astype(np.int64))
     rows = np.concatenate(bucket_rows) if bucket_rows else np.zeros(0, np.int64)
     bucket = np.concatenate(buckets) if buckets else np.zeros(0, np.int64)
-    pay = np.ascontiguousarray(payload).view(np.uint8).reshape(len(payload), -1) if len(payload) \
-        else np.zeros((0, 1), np.uint8)
-    width = pay.shape[1]
+    width = spec.width
+    pay = np.ascontiguousarray(payload).view(np.uint8).reshape(len(payload), width) if len(payload) \
+        else np.zeros((0, width), np.uint8)
     out = []
     red = reducer_of_bucket[bucket] if len(bucket) else np.zeros(0, np.int64)
     for p in range(n_parts):
@@ -463,37 +472,37 @@ def _buckets(mapper, source, spec: BucketSpec, shards: list[int]) -> tuple[pa.Ta
     samples = mapper.get(mapper.map(_sample_map, [(source, s, spec_ref, keep_below) for s in shards]))
     groups: dict[str, list] = {}
     for part in samples:
-        for g, (cnt, u, v) in part.items():
-            acc = groups.setdefault(g, [0, [], []])
+        for g, (cnt, u, v, w) in part.items():
+            acc = groups.setdefault(g, [0, [], [], 0])
             acc[0] += cnt
             acc[1].append(u)
             acc[2].append(v)
+            acc[3] = max(acc[3], w)
     n_cand = sum(acc[0] for acc in groups.values())
-    first = 0
+    edges, quality = [], []
     for g in sorted(groups):
-        cnt, us, vs = groups[g]
+        cnt, us, vs, dim = groups[g]
         k = max(1, math.ceil(cnt / cfg.bucket_rows))
-        if k == 1:
-            spec.centroids[g] = (first, None)
-        else:
+        cents = None
+        if k > 1:
             u, v = np.concatenate(us), np.concatenate(vs)
-            o = np.argsort(u)
-            spec.centroids[g] = (first, _kmeans(v[o], k, spherical=spec.kind == "semantic"))
-            k = spec.centroids[g][1].shape[0]
-        first += k
-    n_buckets = max(first, 1)
-    width = max((v[0].shape[1] for _, _, v in groups.values() if v and v[0].ndim == 2), default=1)
-    row_bytes = NEAR_SIG_BYTES if spec.kind == "near" else 4 * width
-    # Partitions of ~128 MB, at least two per worker, at most one per bucket.
-    n_parts = int(min(n_buckets, max(2 * getattr(mapper, "workers", 1),
-                                     math.ceil(n_cand * min(cfg.bucket_probes, n_buckets) * (row_bytes + 40) / 2 ** 27))))
-    reducer_of_bucket = (np.arange(n_buckets) * n_parts // n_buckets).astype(np.int64)
-    spec_ref = mapper.put(spec)
-    parts = mapper.map(_partition_map, [(source, s, spec_ref, reducer_of_bucket, n_parts) for s in shards],
-                       parts=n_parts)
-    results = mapper.get(mapper.map(_bucket_reduce, [(spec_ref, *[p[r] for p in parts]) for r in range(n_parts)]))
-    edges = pa.concat_tables([e for e, _ in results])
-    return edges, [q for _, q in results], n_cand
+            cents = _kmeans(v[np.argsort(u)], k, spherical=spec.kind == "semantic")
+            k = cents.shape[0]
+        spec.centroids = {g: (0, cents)}
+        spec.group = None if spec.kind == "near" else g
+        spec.width = NEAR_SIG_BYTES if spec.kind == "near" else 4 * dim
+        # Partitions of ~128 MB, at least two per worker, at most one per bucket.
+        n_parts = int(min(k, max(2 * getattr(mapper, "workers", 1),
+                                 math.ceil(cnt * min(cfg.bucket_probes, k) * (spec.width + 40) / 2 ** 27))))
+        reducer_of_bucket = (np.arange(k) * n_parts // k).astype(np.int64)
+        spec_ref = mapper.put(spec)
+        parts = mapper.map(_partition_map, [(source, s, spec_ref, reducer_of_bucket, n_parts) for s in shards],
+                           parts=n_parts)
+        results = mapper.get(mapper.map(_bucket_reduce, [(spec_ref, *[p[r] for p in parts]) for r in range(n_parts)]))
+        edges += [e for e, _ in results]
+        quality += [q for _, q in results]
+    edges_t = pa.concat_tables(edges) if edges else pa.table({"a": np.zeros(0, np.int64), "b": np.zeros(0, np.int64)})
+    return edges_t, quality, n_cand
 
 
 def _kmeans(x: np.ndarray, k: int, spherical: bool) -> np.ndarray:

@@ -97,20 +97,26 @@ def top_fraction_cutoffs(scores: np.ndarray, langs: list, uids: np.ndarray, cfg:
                          ) -> dict[str, tuple[float, int]]:
     """Per language, the (score, uid) of the last row inside the top fraction. Ranking by score
     then uid makes the kept count exact (ceil(f * n)) even with ties."""
-    out: dict[str, tuple[float, int]] = {}
-    langs_arr = np.array([l or "*" for l in langs], dtype=object)
-    valid = ~np.isnan(scores)
-    for lang in sorted(set(langs_arr[valid])):
-        f = cfg.per_lang("keep_top_fraction", lang)
-        if f is None:
-            continue
-        m = valid & (langs_arr == lang)
-        s, u = scores[m], uids[m]
-        order = np.lexsort((u, -s))
-        k = max(1, int(np.ceil(f * len(order))))
-        last = order[k - 1]
-        out[lang] = (float(s[last]), int(u[last]))
-    return out
+    from filters.top_fraction import in_memory, top_fraction_cutoffs as exact_cutoffs
+
+    return exact_cutoffs(in_memory(scores, langs, uids), lambda lang: cfg.per_lang("keep_top_fraction", lang))
+
+
+def streamed_cutoffs(store, cfg: SelectConfig) -> dict[str, tuple[float, int]]:
+    """top_fraction_cutoffs over the store shard by shard (filters/top_fraction.py: exact, a
+    histogram per language and a few passes, never every score at once)."""
+    import pyarrow.compute as pc
+
+    from filters.top_fraction import top_fraction_cutoffs as exact_cutoffs
+
+    def batches():
+        for shard in store.shards():
+            t = store.read(shard, ["clip_score", "lang"], optional=["lang"])
+            scores = pc.fill_null(t.column("clip_score").cast(pa.float64()), float("nan")).to_numpy()
+            langs = t.column("lang") if "lang" in t.column_names else pa.nulls(t.num_rows, pa.string())
+            yield scores, langs, t.column("uid").to_numpy()
+
+    return exact_cutoffs(batches, lambda lang: cfg.per_lang("keep_top_fraction", lang))
 
 
 def clip_rules(cfg: SelectConfig, backend_th: dict[str, float], cutoffs: dict[str, tuple[float, int]]
@@ -165,10 +171,7 @@ class SelectStage(Stage):
     def prepare(self, store) -> dict:
         if self.config.keep_top_fraction is None or "clip_score" not in store.column_sources("select"):
             return {}
-        t = store.read_all(["clip_score", "lang"], optional=["lang"])
-        scores = np.array([np.nan if v is None else v for v in t.column("clip_score").to_pylist()], np.float64)
-        langs = t.column("lang").to_pylist() if "lang" in t.column_names else [None] * t.num_rows
-        return {"cutoffs": top_fraction_cutoffs(scores, langs, t.column("uid").to_numpy(), self.config)}
+        return {"cutoffs": streamed_cutoffs(store, self.config)}
 
     def setup(self, state) -> None:
         if state:
