@@ -4,7 +4,9 @@
 
 Prints: images/s for inspect_image next to bare PIL decode of the same bytes (ratio, goal
 >= 0.8); captions/s for all text rules together with a random 50k-word lexicon on ~30-character
-captions (goal >= 20k/s); name detection throughput and precision/recall, reported separately;
+captions (goal >= 20k/s), and with a public-style 50k lexicon (bench/lexicon_real.py: everyday
+words and phrases from jieba's dictionary plus sensitive terms, so the hygiene rules exempt part
+of it); each figure is the best of 3 timed passes (the machine is shared); name detection throughput and precision/recall, reported separately;
 PII precision/recall on the synthetic corpus' PII generator when synth/ is importable.
 """
 from __future__ import annotations
@@ -118,6 +120,17 @@ def _captions(n: int, rng: random.Random, noise: bool = True) -> list[str]:
     return out
 
 
+def _best_of(cleaner: CaptionCleaner, caps: list[str], reps: int = 3) -> float:
+    from filters import language
+
+    best = float("inf")
+    for _ in range(reps):
+        language.segment.cache_clear()
+        language.token_boundaries.cache_clear()
+        best = min(best, _timed(lambda: cleaner.clean_batch(caps)))
+    return best
+
+
 def bench_text(n: int, lexicon_size: int, rng: random.Random) -> None:
     lex = _lexicon(lexicon_size, rng)
     caps = _captions(n, rng)
@@ -127,22 +140,36 @@ def bench_text(n: int, lexicon_size: int, rng: random.Random) -> None:
         t = time.perf_counter()
         cleaner = CaptionCleaner(TextConfig(sensitive_lexicon=path))
         build = time.perf_counter() - t
+        public = None
+        try:
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            import lexicon_real
+
+            words = lexicon_real.build_lexicon(lexicon_real.load_jieba(), 3000, random.Random(0),
+                                               phrases=lexicon_size - 3000 - len(lexicon_real.sensitive_terms()))
+            Path(path).write_text("\n".join(words), encoding="utf-8")
+            public = CaptionCleaner(TextConfig(sensitive_lexicon=path))
+        except ImportError as e:  # pragma: no cover - the bench folder is not on the path
+            print(f"  (public-style lexicon skipped: {e})")
     cleaner.clean_batch(caps[:200])  # warm up segmenter and converters
     from filters import language
 
-    language.segment.cache_clear()
-    t = _timed(lambda: cleaner.clean_batch(caps))
+    t = _best_of(cleaner, caps)
     avg_len = sum(map(len, caps)) / len(caps)
     hit = sum(1 for c in caps if cleaner.sensitive and cleaner.sensitive.find(c))
-    print(f"text: {n} captions, mean {avg_len:.1f} chars, {lexicon_size}-word lexicon "
-          f"(built in {build:.2f}s, hits {100 * hit / n:.1f}% of captions), segmenter {language.SEGMENTER}")
+    print(f"text: {n} captions, mean {avg_len:.1f} chars, {lexicon_size}-word random lexicon "
+          f"(built in {build:.2f}s, {len(cleaner.sensitive.exempted)} entries exempt as everyday words, "
+          f"hits {100 * hit / n:.1f}% of captions), segmenter {language.SEGMENTER}")
     print(f"  all text rules      {n / t:8.0f} captions/s/core (goal >= 20000)")
+    if public is not None:
+        hit = sum(1 for c in caps if public.sensitive.find(c))
+        print(f"  all text rules, public-style {len(public.sensitive.words) + len(public.sensitive.exempted)}"
+              f"-entry lexicon (hits {100 * hit / n:.1f}%): {n / _best_of(public, caps):8.0f} captions/s/core")
     for label, cfg in [("no sensitive words", TextConfig(sensitive_lexicon="")),
                        ("no PII", TextConfig(sensitive_lexicon="", redact_pii=False)),
                        ("no t2s/PII/sensitive", TextConfig(sensitive_lexicon="", redact_pii=False, t2s=False))]:
         c = CaptionCleaner(cfg)
-        language.segment.cache_clear()
-        print(f"  {label:<20}{n / _timed(lambda: c.clean_batch(caps)):8.0f} captions/s/core")
+        print(f"  {label:<20}{n / _best_of(c, caps):8.0f} captions/s/core")
 
 
 def _read_names_eval() -> list[tuple[str, set[str]]]:
@@ -232,8 +259,12 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=300)
     ap.add_argument("--captions", type=int, default=20000)
     ap.add_argument("--lexicon", type=int, default=50000)
+    ap.add_argument("--text-only", action="store_true", help="only the caption-rule figures")
     args = ap.parse_args()
     rng = random.Random(0)
+    if args.text_only:
+        bench_text(args.captions, args.lexicon, rng)
+        return
     bench_images(args.images, np.random.default_rng(0))
     bench_text(args.captions, args.lexicon, rng)
     bench_names(min(args.captions, 5000), rng)

@@ -225,6 +225,8 @@ class CaptionCleaner:
                  names: Any = None):
         self.config = cfg = config or TextConfig()
         self.boilerplate = Boilerplate.load(cfg.boilerplate_path)
+        generic = sorted((w for w in self.boilerplate.whole if len(w) > 1), key=len, reverse=True)
+        self._generic_re = re.compile("|".join(map(re.escape, generic)), re.IGNORECASE) if generic else None
         self._bp_re = self._compile_boilerplate(self.boilerplate.embedded)
         # The removal regex has to try every position (it starts with optional separators), so
         # an Aho-Corasick scan decides first whether any phrase occurs at all.
@@ -288,9 +290,8 @@ class CaptionCleaner:
         (封面, image ...) and contact/attribution words are taken out."""
         rest = _FILE_TOKEN_RE.sub(" ", _NON_CONTENT_RE.sub(" ", text))
         rest = _CONTACT_RE.sub(" ", rest)
-        for word in self.boilerplate.whole:
-            if len(word) > 1 and word in rest.casefold():
-                rest = re.sub(re.escape(word), " ", rest, flags=re.IGNORECASE)
+        if self._generic_re is not None:
+            rest = self._generic_re.sub(" ", rest)
         return rest
 
     def sensitive_input(self, raw: str | bytes | None) -> str:
