@@ -169,8 +169,10 @@ def _table(status: dict, results: dict) -> str:
         lines.append(f"{m:8}" + "".join(f"{c:>{w}}" for c in cells))
     held = [k for k, v in status.items() if v == "held"]
     ok = sum(1 for k in held if not results[k])
-    lines.append(f"held cells: {len(held)}, decode and agree: {ok}; "
-                 "('-' Pillow cannot write, 'cv' Pillow converts the mode on save)")
+    n = {v: sum(1 for x in status.values() if x == v) for v in ("refused", "converted")}
+    lines.append(f"{len(MODES)} modes x {len(FORMATS)} formats: {len(held)} cells hold the mode, "
+                 f"{ok} decode and agree; {n['converted']} 'cv' (Pillow converts the mode on save), "
+                 f"{n['refused']} '-' (Pillow cannot write it)")
     return "\n".join(lines)
 
 
