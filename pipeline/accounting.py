@@ -1,6 +1,7 @@
 """Nothing is lost: input rows = kept + rejected (per reason) + failed (per reason), checked."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import duckdb
@@ -27,13 +28,20 @@ def summarize(workdir: str | Path, n_input: int) -> dict:
                "rejected_by_reason": by["rejected"], "failed_by_reason": by["failed"]}
     manifest = wd / "export" / "manifest"
     if manifest.exists():
-        m_total, m_kept, exported = con.execute(
-            f"SELECT count(*), count(*) FILTER (decision = 'kept'), "
-            f"(SELECT count(*) FROM read_parquet('{wd / 'export' / '*.parquet'}') WHERE exported) "
-            f"FROM read_parquet('{manifest / '*.parquet'}')").fetchone()
-        summary.update(manifest_rows=m_total, exported=exported)
-        if m_total != n_input or exported != counts["kept"] or m_kept != counts["kept"]:
+        # A kept row is exported, or has export_error (its image would not encode).
+        m_total, m_kept, exported, export_failed = con.execute(
+            f"SELECT count(*), count(*) FILTER (decision = 'kept'), count(*) FILTER (exported), "
+            f"count(*) FILTER (decision = 'kept' AND NOT coalesce(exported, false) AND export_error IS NOT NULL) "
+            f"FROM read_parquet('{manifest / '*.parquet'}', union_by_name = true)").fetchone()
+        summary.update(manifest_rows=m_total, exported=exported, export_failed=export_failed)
+        if m_total != n_input or exported + export_failed != counts["kept"] or m_kept != counts["kept"]:
             summary["balanced"] = False
+        sizes = wd / "export" / "shards" / "sizes.json"
+        if sizes.exists():
+            summary["export_shards"] = [{"tar": f"shards/{k}", "samples": v} for k, v in
+                                        json.loads(sizes.read_text(encoding="utf-8")).items()]
+            if sum(v["samples"] for v in summary["export_shards"]) != exported:
+                summary["balanced"] = False
     balanced = (total == distinct == n_input == counts["kept"] + counts["rejected"] + counts["failed"]
                 and summary.get("balanced", True))
     summary["balanced"] = balanced
@@ -51,7 +59,9 @@ def format_summary(s: dict) -> str:
     if s["failed_by_reason"]:
         out.append(f"  failed:   {part(s['failed_by_reason'])}")
     if "exported" in s:
-        out.append(f"  exported {s['exported']} samples to WebDataset; manifest rows {s['manifest_rows']}")
+        out.append(f"  exported {s['exported']} samples to WebDataset in {len(s.get('export_shards', []))} tars; "
+                   f"manifest rows {s['manifest_rows']}"
+                   + (f"; {s['export_failed']} kept rows failed to encode (export_error)" if s.get("export_failed") else ""))
     return "\n".join(out)
 
 

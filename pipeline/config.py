@@ -136,7 +136,18 @@ class SelectConfig(Strict):
 class ExportConfig(Strict):
     # Keep the original caption in the manifest for audit (switch off for privacy).
     keep_original_caption: bool = True
-    jpeg_quality: int = Field(95, ge=1, le=100, description="re-encode quality for non-JPEG images")
+    jpeg_quality: int = Field(95, ge=1, le=100, description="quality of re-encoded jpg and webp images")
+    # img2dataset's image options (README "Export"). JPEG bytes are copied untouched unless a
+    # resize, max_side or another output format asks for a re-encode.
+    output_format: Literal["jpg", "webp", "png"] = "jpg"
+    resize_mode: Literal["no", "keep_ratio", "center_crop", "border"] = "no"
+    image_size: int = Field(256, ge=1, description="target side for resize_mode")
+    resize_only_if_bigger: bool = False
+    max_side: int | None = Field(None, ge=1, description="longer side cap (downscale only), any mode")
+    # Tars are cut evenly over the whole run's kept samples: about samples_per_shard each, or by
+    # the downloaded bytes when bytes_per_shard is set.
+    samples_per_shard: int = Field(10_000, ge=1)
+    bytes_per_shard: int | None = Field(None, ge=1)
 
 
 class BootstrapConfig(Strict):

@@ -257,8 +257,9 @@ def shard_outputs(store: ColumnStore, stage: str, shard: int) -> list[Path]:
     """Every file a stage writes for one shard (export also writes a tar and a manifest part)."""
     paths = [store.path(stage, shard)]
     if stage == "export":
-        paths += [store.workdir / "export" / "manifest" / f"{shard_name(shard)}.parquet",
-                  store.workdir / "export" / "shards" / f"{shard_name(shard)}.tar"]
+        from stages.export import shard_files  # its tars are assembled from these by its finish pass
+
+        paths += shard_files(store.workdir, shard)
     return paths
 
 

@@ -16,7 +16,7 @@ from pipeline.executors import (LocalExecutor, RayExecutor, load_failed_shards, 
                                 write_failed_placeholders)
 from pipeline.ingest import ingest
 from pipeline.registry import build_stage, stage_config
-from pipeline.store import ColumnStore, atomic_write_json
+from pipeline.store import ColumnStore, atomic_write_json, stage_dir
 
 log = logging.getLogger("mmcurate")
 FINGERPRINT = "_stage.json"
@@ -39,7 +39,7 @@ def _fingerprint(recipe: Recipe, stages: list[str]) -> dict[str, str]:
 def _invalidate_stale(workdir: Path, stages: list[str], fps: dict[str, str], forced: set[str]) -> None:
     stale = False
     for name in stages:
-        d = workdir / name
+        d = workdir / stage_dir(name)
         marker = d / FINGERPRINT
         recorded = json.loads(marker.read_text())["fingerprint"] if marker.exists() else None
         changed = recorded is not None and recorded != fps[name]
@@ -54,11 +54,21 @@ def _invalidate_stale(workdir: Path, stages: list[str], fps: dict[str, str], for
             stale = True
             if name == "download":
                 shutil.rmtree(workdir / "download_raw", ignore_errors=True)
+            if d.name != name:  # what the stage published under its own name (export/) is stale too
+                shutil.rmtree(workdir / name, ignore_errors=True)
         d.mkdir(parents=True, exist_ok=True)
         # Temp files of a killed run: their shard was never renamed into place, so it is redone.
         for tmp in d.rglob(".*.tmp"):
             tmp.unlink()
         atomic_write_json({"fingerprint": fps[name]}, marker)
+
+
+def _finish(stage, store: ColumnStore, failed: set[int]) -> None:
+    """A stage's pass after all its shards (export assembles its tars); it must be idempotent,
+    since a run killed during it calls it again."""
+    finish = getattr(stage, "finish", None)
+    if finish is not None:
+        finish(without_shards(store, failed))
 
 
 def run(recipe: Recipe, only: list[str] | None = None, redo: list[str] | None = None,
@@ -95,12 +105,14 @@ def run(recipe: Recipe, only: list[str] | None = None, redo: list[str] | None = 
                 if not pending:
                     log.info("stage %s: all %d shards already done", name, store.n_shards)
                     write_failed_placeholders(store, name, stage.provides, failed)
+                    _finish(stage, store, failed)
                     continue
                 state = stage.prepare(without_shards(store, failed))
                 factory = functools.partial(build_stage, name, recipe)
                 done = ex.map_shards(factory, store, pending, state, desc=name)
             failed |= record_failed_shards(store, name, done)
             write_failed_placeholders(store, name, stage.provides, failed)
+            _finish(stage, store, failed)
             timings[name] = round(time.perf_counter() - t0, 2)
             log.info("stage %s: %d shards in %.1fs", name, len(done), timings[name])
     finally:

@@ -17,6 +17,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 INPUT_DIR = "input"
+# Where a stage's per-shard outputs live when not under its own name: export publishes its tars
+# and manifest in `export/`, so its resume markers stay outside that folder (a glob over the
+# export must see only the published files).
+STAGE_DIRS = {"export": "_export_state"}
+
+
+def stage_dir(stage: str) -> str:
+    return STAGE_DIRS.get(stage, stage)
 
 
 def shard_name(shard: int) -> str:
@@ -59,7 +67,7 @@ class ColumnStore:
         return list(range(self.n_shards))
 
     def path(self, source: str, shard: int) -> Path:
-        return self.workdir / source / f"{shard_name(shard)}.parquet"
+        return self.workdir / stage_dir(source) / f"{shard_name(shard)}.parquet"
 
     def done(self, source: str, shard: int) -> bool:
         return self.path(source, shard).exists()

@@ -105,5 +105,6 @@ def test_two_node_cluster_run_equals_local_run(cluster, local_run, corpus, tmp_p
     got = pq.read_table(wd / "export" / "manifest").sort_by("uid")
     want = pq.read_table(ref_wd / "export" / "manifest").sort_by("uid")
     assert got.num_rows == want.num_rows == len(set(got.column("uid").to_pylist()))
-    assert got.equals(want)
+    # Keys carry each run directory's id; everything else must match.
+    assert got.drop_columns(["key"]).equals(want.drop_columns(["key"]))
     assert "balanced" in out.stdout and seconds < 240

@@ -108,7 +108,7 @@ def test_changed_threshold_reruns_select_only(local_run, corpus, tmp_path):
 def test_ray_executor_matches_local(local_run, corpus, tmp_path):
     wd, _ = local_run
     copy = tmp_path / "wd"
-    shutil.copytree(wd, copy, ignore=shutil.ignore_patterns("annotate", "dedup", "select", "export"))
+    shutil.copytree(wd, copy, ignore=shutil.ignore_patterns("annotate", "dedup", "select", "export", "_export_state"))
     run(recipe_from_dict(recipe_dict(corpus, copy, executor="ray")), quiet=True)
     for stage in ("annotate", "dedup", "select", "export"):
         for f in sorted((wd / stage).glob("*.parquet")):
