@@ -9,7 +9,7 @@ import sys
 
 # Subcommands that live beside the stage or model they drive; each module has register(sub).
 PLUGINS = ("synth.cli", "filters.lexicon_audit_cli", "models.albef.cli", "pipeline.report_cli",
-           "pipeline.bootstrap_cli")
+           "pipeline.bootstrap_cli", "pipeline.head_cli")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

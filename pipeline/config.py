@@ -7,7 +7,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-STAGE_ORDER = ("download", "annotate", "score", "dedup", "capfilt", "select", "export")
+STAGE_ORDER = ("download", "annotate", "score", "image_tags", "dedup", "capfilt", "select", "export")
 
 
 class RecipeError(ValueError):
@@ -117,6 +117,11 @@ class SelectConfig(Strict):
     keep_top_fraction: float | dict[str, float] | None = None
     # Upper cut: captions that merely repeat text rendered in the image score suspiciously high.
     max_clip_score: float | None = None
+    # Image tags (needs the image_tags stage with that head): reasons nsfw, watermark,
+    # low_aesthetic; a row the head could not score is rejected as no_image_tags. None: off.
+    max_nsfw: float | None = None
+    max_watermark: float | None = None
+    min_aesthetic: float | None = None
 
     @field_validator("keep_top_fraction")
     @classmethod
@@ -179,7 +184,8 @@ class BootstrapConfig(Strict):
 
 # Sections of model stages are validated by the stage's own config class (imported only when the
 # stage is in the recipe, so a rules-only recipe never imports torch).
-MODEL_STAGE_CONFIGS = {"score": "stages.score:ScoreConfig", "capfilt": "stages.capfilt:CapfiltConfig",
+MODEL_STAGE_CONFIGS = {"score": "stages.score:ScoreConfig", "image_tags": "stages.image_tags:ImageTagsConfig",
+                       "capfilt": "stages.capfilt:CapfiltConfig",
                        "dedup": "stages.dedup:DedupConfig"}
 
 
@@ -196,6 +202,7 @@ class Recipe(Strict):
     score: Any = None
     dedup: Any = None
     capfilt: Any = None
+    image_tags: Any = None
     select: SelectConfig = SelectConfig()
     export: ExportConfig = ExportConfig()
     bootstrap: BootstrapConfig | None = None
@@ -251,6 +258,22 @@ def _validate_model_sections(recipe: Recipe, data: dict, source: str) -> None:
             raise RecipeError(msg) from None
 
 
+def _check_image_tags(recipe: Recipe, source: str) -> None:
+    """A tag threshold needs its head in this recipe: without it select has no score to read."""
+    from filters.image_tags import TAG_RULES
+
+    tags = recipe.image_tags if "image_tags" in recipe.stages else None
+    if "image_tags" in recipe.stages and "score" not in recipe.stages:
+        raise RecipeError(f"invalid recipe {source}:\n  - stages: image_tags reads the score stage's "
+                          "image embeddings; add score before it")
+    for r in TAG_RULES:
+        tag = r.column.removesuffix("_score")
+        if getattr(recipe.select, r.key) is not None and getattr(tags, tag, None) is None:
+            raise RecipeError(f"invalid recipe {source}:\n  - select.{r.key}: needs the image_tags stage "
+                              f"with a {tag} head (image_tags: {{{tag}: {{path: HEAD_FILE}}}}; README "
+                              "'Image tags'), or remove the threshold")
+
+
 def recipe_from_dict(data: Any, source: str = "<dict>", base_dir: Path | None = None) -> Recipe:
     if not isinstance(data, dict):
         raise RecipeError(f"invalid recipe {source}: expected a mapping of keys, got {type(data).__name__}")
@@ -259,6 +282,7 @@ def recipe_from_dict(data: Any, source: str = "<dict>", base_dir: Path | None = 
     except ValidationError as e:
         raise RecipeError(_format_errors(e, source)) from None
     _validate_model_sections(recipe, data, source)
+    _check_image_tags(recipe, source)
     if base_dir is not None:  # relative paths in a recipe are relative to the recipe file
         if "://" not in recipe.input.path and not Path(recipe.input.path).is_absolute():
             recipe.input.path = str((base_dir / recipe.input.path).resolve())
@@ -266,6 +290,8 @@ def recipe_from_dict(data: Any, source: str = "<dict>", base_dir: Path | None = 
             recipe.workdir = str((base_dir / recipe.workdir).resolve())
         if recipe.capfilt is not None:
             recipe.capfilt.resolve_paths(base_dir)
+        if recipe.image_tags is not None:
+            recipe.image_tags.resolve_paths(base_dir)
         b = recipe.bootstrap
         if b is not None and b.eval_split and not Path(b.eval_split).is_absolute():
             b.eval_split = str((base_dir / b.eval_split).resolve())

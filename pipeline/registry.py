@@ -12,6 +12,7 @@ STAGES: dict[str, str] = {
     "download": "stages.download:DownloadStage",
     "annotate": "stages.annotate:AnnotateStage",
     "score": "stages.score:ScoreStage",
+    "image_tags": "stages.image_tags:ImageTagsStage",
     "dedup": "stages.dedup:DedupStage",
     "capfilt": "stages.capfilt:CapfiltStage",
     "select": "stages.select:SelectStage",

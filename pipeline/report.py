@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from filters.image_tags import TAG_RULES, UNSCORED
 from pipeline.report_svg import PALETTE, hbar_chart, histogram, line_plot
 from pipeline.report_thumbs import PLACEHOLDERS, Thumb, write_thumbs
 
@@ -372,6 +373,74 @@ def section_samples(data: RunData, groups: list[tuple[str, str, list[int]]], thu
     return _section("samples", "Samples per decision and reason", "\n".join(parts))
 
 
+TAG_REASONS = (*(r.reason for r in TAG_RULES), UNSCORED)
+
+
+def _tag_thresholds(run_dir: Path) -> dict[str, float]:
+    try:
+        sel = json.loads((run_dir / "recipe.json").read_text(encoding="utf-8")).get("select") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {r.key: float(sel[r.key]) for r in TAG_RULES if isinstance(sel.get(r.key), (int, float))}
+
+
+def _tag_sample_uids(data: RunData, per_reason: int) -> list[tuple[str, list[int]]]:
+    """(tag reason, uids) for every tag reason, in uid order; empty lists where none rejected."""
+    if not data.has("reason", "uid"):
+        return []
+    out: dict[str, list[int]] = {r: [] for r in TAG_REASONS}
+    for uid, r in zip(data.col("uid"), data.col("reason")):
+        if r in out and len(out[r]) < per_reason:
+            out[r].append(int(uid))
+    return list(out.items())
+
+
+def section_tags(data: RunData, groups: list[tuple[str, list[int]]], thumbs: dict[int, Thumb],
+                 idx: dict[int, int]) -> str:
+    """Histograms of the NSFW / watermark / aesthetic scores by decision (threshold marked) and
+    thumbnails of the rows each tag rule rejected, with their scores."""
+    present = [r for r in TAG_RULES if data.has(r.column)]
+    if not present:
+        return _section("tags", "Image tags", _note("no image tag scores in this run (the image_tags stage "
+                                                    "has not run; README 'Image tags')"))
+    th = _tag_thresholds(data.run_dir)
+    decisions = _groups(data, "decision")
+    charts, notes = [], []
+    for r in present:
+        tag = r.column.removesuffix("_score")
+        v = data.num(r.column)
+        heads = sorted({h for h in data.col(f"{tag}_head") if h}) if data.has(f"{tag}_head") else []
+        if not heads:
+            notes.append(f"{tag}: no head configured")
+            continue
+        marks = {f"{r.key} {th[r.key]:g}": th[r.key]} if r.key in th else None
+        svg = histogram({k: v[m] for k, m in decisions.items()}, f"{tag} score by decision",
+                        xlabel=f"{r.column} (head {', '.join(heads)})", marks=marks)
+        charts.append(svg)
+        if not svg:
+            notes.append(f"{r.column}: no scored rows")
+        elif r.key not in th:
+            notes.append(f"select.{r.key} is not set: {tag} scores are recorded, not used")
+    cols = [r.column for r in present]
+    parts = []
+    for reason, uids in groups:
+        if not uids:
+            parts.append(f"<h3>rejected: {_e(reason)}</h3>" + _note("no rows"))
+            continue
+        cards = []
+        for uid in uids:
+            i = idx[uid]
+            scores = " · ".join(f"{c.removesuffix('_score')} {_fmt_score(data.rows.column(c)[i].as_py())}" for c in cols)
+            if reason == UNSCORED and data.has("tag_error"):
+                scores += f" · {data.rows.column('tag_error')[i].as_py() or ''}"
+            cards.append(f'<figure class="card">{_img(thumbs.get(uid), f"uid {uid}")}<figcaption>'
+                         f'<div class="meta">uid {uid}</div><div class="score">{_e(scores)}</div></figcaption></figure>')
+        parts.append(f'<h3 class="rejected">rejected: {_e(reason)}</h3><div class="grid">{"".join(cards)}</div>')
+    body = ("".join(_note(x) for x in notes) + f'<div class="charts">{"".join(c for c in charts if c)}</div>'
+            + "\n".join(parts))
+    return _section("tags", "Image tags", body)
+
+
 def _capfilt_pick(data: RunData) -> list[int]:
     """Rows whose captions changed first (a synthetic caption kept, or the web one dropped),
     kept samples before others, then unchanged ones to fill."""
@@ -524,15 +593,17 @@ svg .ax{stroke:#888;stroke-width:1}
 
 
 def render_html(data: RunData, root: Path, thumbs: dict[int, Thumb], groups, capfilt_uids: list[int],
-                idx: dict[int, int]) -> str:
+                idx: dict[int, int], tag_groups: list[tuple[str, list[int]]] | None = None) -> str:
     sections = [section_funnel(data), section_histograms(data),
                 section_samples(data, groups, thumbs, idx) if data.rows is not None
                 else _section("samples", "Samples", _note("no row data")),
+                section_tags(data, tag_groups or [], thumbs, idx) if data.rows is not None
+                else _section("tags", "Image tags", _note("no row data")),
                 section_capfilt(data, capfilt_uids, thumbs, idx) if data.rows is not None
                 else _section("capfilt", "CapFilt", _note("no row data")),
                 section_rounds(root)]
     nav = "".join(f'<a href="#{s}">{t}</a>' for s, t in (("funnel", "Funnel"), ("histograms", "Distributions"),
-                  ("samples", "Samples"), ("capfilt", "CapFilt"), ("rounds", "Rounds")))
+                  ("samples", "Samples"), ("tags", "Image tags"), ("capfilt", "CapFilt"), ("rounds", "Rounds")))
     when = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     n = data.rows.num_rows if data.rows is not None else 0
     notes = "".join(_note(x) for x in data.notes)
@@ -556,13 +627,14 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, samples_per
     out_path.parent.mkdir(parents=True, exist_ok=True)
     groups = _sample_uids(data, samples_per_reason) if data.rows is not None else []
     capfilt_uids = _capfilt_pick(data) if data.has("captions", "uid") else []
+    tag_groups = _tag_sample_uids(data, samples_per_reason) if data.rows is not None else []
     idx: dict[int, int] = {}
     if data.has("uid"):
-        want = {u for _, _, us in groups for u in us} | set(capfilt_uids)
+        want = {u for _, _, us in groups for u in us} | set(capfilt_uids) | {u for _, us in tag_groups for u in us}
         idx = {int(u): i for i, u in enumerate(data.col("uid")) if u in want}
     wanted = sorted(idx)
     thumbs = write_thumbs(data.run_dir, wanted, out_path.parent / "thumbs", thumb_size, thumb_quality)
-    html = render_html(data, root, thumbs, groups, capfilt_uids, idx)
+    html = render_html(data, root, thumbs, groups, capfilt_uids, idx, tag_groups)
     tmp = out_path.with_name(f".{out_path.name}.tmp")
     tmp.write_text(html, encoding="utf-8")
     tmp.replace(out_path)

@@ -64,9 +64,11 @@ def hbar_chart(items: Sequence[tuple[str, int]], total: int | None = None, width
 
 
 def histogram(series: dict[str, np.ndarray], title: str, bins: int = 30, lo: float | None = None,
-              hi: float | None = None, width: int = 420, height: int = 220, xlabel: str = "") -> str:
+              hi: float | None = None, width: int = 420, height: int = 220, xlabel: str = "",
+              marks: dict[str, float] | None = None) -> str:
     """Overlaid histograms on shared bins; values outside [lo, hi] fall into the edge bins
-    (so a few outliers can't squash the rest), and the legend gives each series' n and mean."""
+    (so a few outliers can't squash the rest), and the legend gives each series' n and mean.
+    `marks` draws labelled vertical lines (thresholds) at their values."""
     series = {k: np.asarray(v, dtype=float) for k, v in series.items()}
     series = {k: v[np.isfinite(v)] for k, v in series.items()}
     series = {k: v for k, v in series.items() if v.size}
@@ -102,6 +104,10 @@ def histogram(series: dict[str, np.ndarray], title: str, bins: int = 30, lo: flo
                 bh = ph * n / ymax
                 body.append(f'<rect x="{ml + j * bw:.1f}" y="{mt + ph - bh:.1f}" width="{max(bw - 1, 1):.1f}" '
                             f'height="{bh:.1f}" fill="{color}" fill-opacity="0.55"/>')
+    for label, v in (marks or {}).items():
+        x = ml + pw * (min(max(v, lo), hi) - lo) / (hi - lo)
+        body.append(f'<line x1="{x:.1f}" y1="{mt}" x2="{x:.1f}" y2="{mt + ph}" stroke="#c00" '
+                    f'stroke-dasharray="4 3"/><text x="{x + 3:.1f}" y="{mt + 10}" class="tk">{escape(label)}</text>')
     names = [f"{k} (n={series[k].size}, mean {_fmt(float(series[k].mean()))})" for k in counts]
     body += _legend(names, ml + 4, 34)
     return _svg(width, height, body, title)

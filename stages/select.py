@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pyarrow as pa
 
+from filters.image_tags import active_rules, missing_columns, tag_reasons
 from filters.text import TextThresholds, caption_reasons
 from pipeline.config import SelectConfig
 from pipeline.stage import Resources, Stage
@@ -75,6 +76,11 @@ def build_rules(cfg: SelectConfig, reject_sensitive: bool = False) -> list[Rule]
     if cfg.max_bytes:
         rules.append(_mask_rule("too_many_bytes", "rejected", ("byte_size",),
                                 lambda b: _col(b, "byte_size", 0) > cfg.max_bytes))
+    # Image tags (image_tags stage); prepare() makes a missing score column an error.
+    # (own loop names: the text rule's lambda above reads `th` from this scope when it runs)
+    for tag_rule, limit in active_rules(cfg.model_dump()):
+        rules.append(Rule(None, "rejected", (tag_rule.column,), lambda b, r=tag_rule, x=limit: tag_reasons(
+            r, x, b.column(r.column).to_pylist())))
     return rules
 
 
@@ -169,6 +175,10 @@ class SelectStage(Stage):
         self.rules = build_rules(config, self.reject_sensitive) + clip_rules(config, self.backend_th, {})
 
     def prepare(self, store) -> dict:
+        missing = missing_columns(self.config.model_dump(), list(store.column_sources("select")))
+        if missing:
+            from pipeline.config import RecipeError
+            raise RecipeError("; ".join(missing))
         if self.config.keep_top_fraction is None or "clip_score" not in store.column_sources("select"):
             return {}
         return {"cutoffs": streamed_cutoffs(store, self.config)}
