@@ -93,10 +93,14 @@ def _classify_error(exc: Exception, data: bytes) -> str:
 
 
 def orientation(im: Image.Image) -> int:
-    """EXIF orientation 1-8 of an opened image; 1 when absent, unreadable or out of range. Only
-    the EXIF tag is read (not XMP), like browsers."""
+    """EXIF orientation 1-8 of an opened image; 1 when absent, unreadable or out of range.
+
+    Read from what the header carries (JPEG APP1, WebP EXIF, TIFF IFD0, a PNG eXIf chunk before
+    the pixel data; Pillow falls back to XMP's tiff:Orientation), never by decoding pixels:
+    PngImageFile.getexif would decode the whole image to look for a late eXIf chunk, before
+    the decompression-bomb check has run."""
     try:
-        o = int(im.getexif().get(_EXIF_ORIENTATION_TAG, 1) or 1)
+        o = int(Image.Image.getexif(im).get(_EXIF_ORIENTATION_TAG, 1) or 1)
     except Exception:  # noqa: BLE001 - a broken EXIF block is not a broken image
         return 1
     return o if 1 <= o <= 8 else 1
