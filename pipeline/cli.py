@@ -7,9 +7,13 @@ import logging
 import os
 import sys
 
+from pipeline.logs import add_verbose_flag, capture, console_handler
+
 # Subcommands that live beside the stage or model they drive; each module has register(sub).
 PLUGINS = ("synth.cli", "filters.lexicon_audit_cli", "models.albef.cli", "pipeline.report_cli",
            "pipeline.bootstrap_cli", "pipeline.head_cli")
+# Commands that keep third-party output in the run log unless --verbose (pipeline/logs.py).
+CAPTURED = ("run", "demo", "bootstrap")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -24,16 +28,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.workdir:
         overrides["workdir"] = args.workdir
     recipe = load_recipe(args.recipe, overrides)
-    summary = run(recipe, only=args.stage, redo=args.redo)
+    with capture(recipe.workdir, verbose=args.verbose) as log_file:
+        summary = run(recipe, only=args.stage, redo=args.redo)
     if summary and summary.get("failed_shards"):
         print(f"warning: {len(summary['failed_shards'])} shard(s) failed and are accounted as failed "
               "(reason shard_error); run the same command again to retry them", file=sys.stderr)
+        print(f"full log: {log_file}")
         return 4
     if summary is None:
         print(f"stages done; select has not run yet, so there is no accounting. Outputs in {recipe.workdir}")
     else:
         print(f"outputs: {recipe.workdir}/export/shards (WebDataset), {recipe.workdir}/export/manifest "
               f"(parquet); query them with: mmcurate query --run {recipe.workdir} \"SELECT ...\"")
+    print(f"full log: {log_file}")
     return 0
 
 
@@ -47,7 +54,8 @@ def _cmd_query(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.demo import demo
 
-    demo(workdir=args.workdir, rows=args.rows, seed=args.seed, executor=args.executor, rounds=args.rounds)
+    demo(workdir=args.workdir, rows=args.rows, seed=args.seed, executor=args.executor, rounds=args.rounds,
+         verbose=args.verbose)
     return 0
 
 
@@ -56,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mmcurate",
         description="Curate web-crawled image-text pairs into clean training shards, with models in the loop.",
         epilog="Start with `mmcurate demo`, then `mmcurate run RECIPE.yaml`. See README.md for the recipe format.")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="debug logging; for run, demo and bootstrap: show third-party output on the console")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     r = sub.add_parser("run", help="run a recipe's stages (resumes where a previous run stopped)",
@@ -70,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--executor", choices=["ray", "local"], help="override the recipe's executor")
     r.add_argument("--ray-address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     r.add_argument("--workdir", help="override the recipe's workdir")
+    add_verbose_flag(r)
     r.set_defaults(func=_cmd_run)
 
     q = sub.add_parser("query", help="SQL over a run directory (DuckDB)",
@@ -91,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--rounds", type=int, default=2, help="bootstrap rounds (0: one pipeline run, no models)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--executor", choices=["ray", "local"], default="ray")
+    add_verbose_flag(d)
     d.set_defaults(func=_cmd_demo)
 
     for mod in PLUGINS:
@@ -106,8 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    if args.command in CAPTURED and not args.verbose:
+        # Until the command opens its run log, only mmcurate's own warnings reach the console.
+        logging.basicConfig(level=logging.INFO, handlers=[console_handler(verbose=False)])
+    else:
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                            format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     from pipeline.config import RecipeError
     from pipeline.ingest import InputError

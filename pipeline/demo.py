@@ -12,6 +12,7 @@ import yaml
 
 from pipeline.bootstrap import bootstrap
 from pipeline.config import recipe_from_dict
+from pipeline.logs import capture
 from pipeline.report import build_report
 from pipeline.runner import run
 
@@ -32,12 +33,20 @@ def demo_recipe(corpus: Path, workdir: Path, executor: str) -> dict:
 
 
 def demo(workdir: str = "runs/demo", rows: int = 1000, seed: int = 0, executor: str = "ray",
-         rounds: int | None = 2) -> dict:
-    from synth import CorpusServer, NoiseRates, generate_corpus
-
+         rounds: int | None = 2, verbose: bool = False) -> dict:
+    """Third-party and worker output goes to WORKDIR/logs/run.log unless `verbose`."""
     root = Path(workdir).resolve()
     if root.exists():
         shutil.rmtree(root)
+    with capture(root, verbose=verbose) as log_file:
+        summary = _demo(root, rows, seed, executor, rounds)
+    print(f"      full log: {log_file}")
+    return summary
+
+
+def _demo(root: Path, rows: int, seed: int, executor: str, rounds: int | None) -> dict:
+    from synth import CorpusServer, NoiseRates, generate_corpus
+
     t0 = time.perf_counter()
     port = free_port()
     corpus = root / "corpus"

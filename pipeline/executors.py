@@ -128,6 +128,9 @@ class RayExecutor:
         self.shard_retries = shard_retries
         self.ray = ray
         if not ray.is_initialized():
+            from pipeline.logs import route_ray
+
+            route_ray()  # quiet CLI runs: Ray's logs and its workers' output go to the run log
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
                                       "configure_logging": False}
             if address:

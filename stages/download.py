@@ -6,10 +6,13 @@ original bytes flow on and `annotate` decodes each image once, which is also whe
 as an image and truncated files are told apart.
 
 Network safety (the URL list is untrusted input):
-* Before img2dataset starts, every URL's host is resolved (bounded concurrency, cached per host)
-  and rows whose addresses are loopback, private, link-local, metadata, ... (filters.netguard)
-  are blanked in the copy handed to img2dataset (`download_input/`); they come back with reason
-  `blocked_address`. URLs that are not http(s) (file://, ftp://, ...) are blanked as `invalid_url`.
+* Before img2dataset starts, each input shard is checked row by row without DNS: URLs whose host
+  is a literal IP address (any spelling: `127.1`, `0x7f.1`, `2130706433`, `[::ffff:10.0.0.1]`) in
+  a loopback, private, link-local, metadata, ... range (filters.netguard) are blanked in the copy
+  handed to img2dataset (`download_input/`) and come back with reason `blocked_address`; URLs that
+  are not http(s) (file://, ftp://, ...) are blanked as `invalid_url`. Host names are not resolved
+  here (a billion rows would mean a billion look-ups on one machine, and the answer could change
+  before the fetch anyway): the connect-time guard below judges what they resolve to.
 * In img2dataset's worker processes a guarded urllib opener is installed for the duration of each
   shard. It checks the address of every connection it makes, initial request and every redirect
   alike, after resolving and before connecting, and then connects to that checked address, so a
@@ -22,24 +25,27 @@ thread count.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.client
 import logging
 import os
 import re
 import socket
+import threading
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
-from filters.netguard import BLOCKED_PREFIX, BLOCKED_REASON, check_host, check_ip, url_host_port
+from filters.netguard import BLOCKED_PREFIX, BLOCKED_REASON, check_ip, url_host_port
 from pipeline.config import DownloadConfig, Recipe
+from pipeline.logs import third_party_output
 from pipeline.stage import Resources, Stage
 from pipeline.store import INPUT_DIR, ColumnStore, atomic_write_parquet, shard_name
 
@@ -107,31 +113,34 @@ class DownloadStage(Stage):
         return results
 
     def _guard_inputs(self, store: ColumnStore) -> None:
-        """Write each input shard as img2dataset will read it: blocked or non-http(s) URLs blanked,
-        with the reason kept beside them for `_convert`."""
+        """Write each input shard as img2dataset will read it: non-http(s) URLs and URLs to
+        literal blocked addresses blanked, with the reason kept beside them for `_convert`. One
+        shard at a time and no DNS: names are checked when the worker connects."""
         cfg: DownloadConfig = self.config
         out = store.workdir / GUARDED_DIR
-        cache: dict[tuple[str, int], str | None] = {}
-        with ThreadPoolExecutor(cfg.resolve_threads) as pool:
-            for s in store.shards():
-                path = out / f"{shard_name(s)}.parquet"
-                if path.exists():
+        for s in store.shards():
+            path = out / f"{shard_name(s)}.parquet"
+            if path.exists():
+                continue
+            t = pq.read_table(store.path(INPUT_DIR, s), columns=["uid", "url", "caption"])
+            urls = t.column("url").to_pylist()
+            checked: dict[tuple[str, int], str | None] = {}
+            guard = []
+            for u in urls:
+                hp = url_host_port(u)
+                if hp is None:
+                    guard.append(f"{INVALID_PREFIX} only http(s) URLs are downloaded" if u else None)
                     continue
-                t = pq.read_table(store.path(INPUT_DIR, s), columns=["uid", "url", "caption"])
-                urls = t.column("url").to_pylist()
-                hosts = [url_host_port(u) for u in urls]
-                new = sorted({h for h in hosts if h is not None and h not in cache})
-                for h, msg in zip(new, pool.map(lambda hp: check_host(hp[0], hp[1], cfg.allow_private), new)):
-                    cache[h] = msg
-                guard = [(f"{INVALID_PREFIX} only http(s) URLs are downloaded" if u else None) if h is None
-                         else cache[h] for u, h in zip(urls, hosts)]
-                n_blocked = sum(g is not None and g.startswith(BLOCKED_PREFIX) for g in guard)
-                if n_blocked:
-                    log.warning("download: shard %d: %d URLs resolve to non-public addresses and are "
-                                "not fetched (reason %s)", s, n_blocked, BLOCKED_REASON)
-                safe = pa.array(["" if g else u for u, g in zip(urls, guard)], pa.string())
-                atomic_write_parquet(t.set_column(1, "url", safe).append_column(
-                    "guard_error", pa.array(guard, pa.string())), path)
+                if hp not in checked:
+                    checked[hp] = _check_literal_host(hp[0], hp[1], cfg.allow_private)
+                guard.append(checked[hp])
+            n_blocked = sum(g is not None and g.startswith(BLOCKED_PREFIX) for g in guard)
+            if n_blocked:
+                log.warning("download: shard %d: %d URLs point at non-public addresses and are "
+                            "not fetched (reason %s)", s, n_blocked, BLOCKED_REASON)
+            safe = pa.array(["" if g else u for u, g in zip(urls, guard)], pa.string())
+            atomic_write_parquet(t.set_column(1, "url", safe).append_column(
+                "guard_error", pa.array(guard, pa.string())), path)
 
     def _img2dataset(self, store: ColumnStore, recipe: Recipe, raw: Path, ray_connected: bool) -> None:
         from img2dataset import download
@@ -158,7 +167,11 @@ class DownloadStage(Stage):
         original = i2d_main.Downloader
         i2d_main.Downloader = lambda **kw: GuardedDownloader(original(**kw), guard)
         try:
-            self._run_img2dataset(download, store, raw, distributor)
+            # img2dataset prints banners and its own bar; a quiet run keeps them in the run log
+            # (its pool's processes write to this process's descriptors, which point there too)
+            # and shows one bar of finished shards instead.
+            with _shard_bar(raw, store.shards()), third_party_output():
+                self._run_img2dataset(download, store, raw, distributor)
         finally:
             i2d_main.Downloader = original
 
@@ -204,6 +217,41 @@ class DownloadStage(Stage):
                          "download_reason": pa.array(reasons, pa.string()),
                          "download_error": pa.array([None if o else (e or "no response") for o, e in
                                                      zip(ok.to_pylist(), errors)], pa.string())})
+
+
+@contextlib.contextmanager
+def _shard_bar(raw: Path, shards: list[int]) -> Iterator[None]:
+    """A progress bar over the shards img2dataset has still to fetch: it writes a shard's
+    `_stats.json` when the shard is done."""
+    todo = [p for p in (raw / f"{shard_name(s)}_stats.json" for s in shards) if not p.exists()]
+    stop = threading.Event()
+    with tqdm(total=len(todo), desc="download", unit="shard") as bar:
+        def watch() -> None:
+            while not stop.wait(0.5):
+                bar.update(sum(p.exists() for p in todo) - bar.n)
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            watcher.join()
+            bar.update(sum(p.exists() for p in todo) - bar.n)
+
+
+def _check_literal_host(host: str, port: int, allow: Iterable[str]) -> str | None:
+    """check_ip for a host written as an IP address, in every spelling the connecting side
+    accepts (AI_NUMERICHOST parses them as the connect would and never queries DNS); None for
+    a name, which the connect-time guard judges."""
+    try:
+        infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)
+    except (OSError, UnicodeError):
+        return None
+    for *_x, sa in infos:
+        msg = check_ip(sa[0], allow)
+        if msg:
+            return f"{msg} (host {host!r})"
+    return None
 
 
 def _align(t: pa.Table, uids: pa.ChunkedArray) -> pa.Table:
