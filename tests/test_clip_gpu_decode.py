@@ -88,3 +88,65 @@ def test_device_orientation_and_routing():
     # CMYK JPEGs and non-JPEGs take the CPU path; grey JPEGs nvJPEG expands like to_rgb does.
     assert [nvjpeg_orientation(b.getvalue()) for b in (buf, png, grey)] == [None, None, 1]
     assert nvjpeg_orientation(None) is None and nvjpeg_orientation(b"\xff\xd8\xff garbage") is None
+
+
+def _variants() -> list[bytes]:
+    """JPEG headers of many shapes: EXIF with other tags, grey, CMYK, RGB kept as RGB (Adobe),
+    progressive, 4:4:4, XMP-only orientation, MPO-free big EXIF, comments."""
+    base = Image.open(io.BytesIO(_jpeg(48, 32, 9))).convert("RGB")
+    out = []
+    for o in range(0, 10):
+        exif = Image.Exif()
+        exif[0x010F] = "Canon"
+        exif[0x0132] = "2024:01:01 10:00:00"
+        if o:
+            exif[0x0112] = o
+        for kw in ({}, {"progressive": True}, {"subsampling": 0}, {"comment": b"hello"}):
+            buf = io.BytesIO()
+            base.save(buf, "JPEG", exif=exif, **kw)
+            out.append(buf.getvalue())
+    for mode, kw in (("L", {}), ("CMYK", {}), ("RGB", {"keep_rgb": True})):
+        buf = io.BytesIO()
+        base.convert(mode).save(buf, "JPEG", **kw)
+        out.append(buf.getvalue())
+    xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF><rdf:Description '
+           b'tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>')
+    buf = io.BytesIO()
+    base.save(buf, "JPEG", xmp=xmp)
+    out.append(buf.getvalue())
+    return out
+
+
+def test_nvjpeg_header_walk_agrees_with_pillow():
+    # The GPU path reads orientation with its own marker walk (Pillow's open is ~10x slower);
+    # whenever it sends an image to nvJPEG, its orientation must be the one to_rgb applies, and
+    # the colours must be ones nvJPEG decodes like Pillow (YCbCr or grey). Real headers, then
+    # the same headers with random bytes changed.
+    from filters.image import orientation
+
+    rng = np.random.default_rng(0)
+    variants = _variants()
+    gpu = checked = 0
+    for k, d in enumerate(variants * 12):
+        if k >= len(variants):
+            b = bytearray(d)
+            for at in rng.integers(2, min(len(b), 400), size=int(rng.integers(1, 4))):
+                b[at] = int(rng.integers(0, 256))
+            d = bytes(b)
+        o = nvjpeg_orientation(d)
+        if o is None:
+            continue
+        gpu += 1
+        try:
+            im = Image.open(io.BytesIO(d))
+        except Exception:  # noqa: BLE001 - Pillow refuses it: to_rgb would fail too
+            continue
+        checked += 1
+        assert im.format in ("JPEG", "MPO") and im.mode in ("RGB", "L"), (k, im.mode)
+        assert orientation(im) == o, k
+    routed = [nvjpeg_orientation(d) for d in variants]
+    # Absent (0 here: the tag is left out) is 1; 1-8 go to nvJPEG in all four encodings, with
+    # grey; an out-of-range value (9), CMYK, RGB-coded and XMP-only orientation go to the CPU.
+    assert routed[:40] == [1 if o == 0 else o if o <= 8 else None for o in range(10) for _ in range(4)]
+    assert routed[40:] == [1, None, None, None]
+    assert checked > 200, (gpu, checked)
