@@ -3,10 +3,11 @@
 Both paths give the picture of filters.image.to_rgb, the one decode path (EXIF orientation,
 first frame, alpha on white, any mode converted). The CPU path is to_rgb itself. The GPU path
 decodes a batch of JPEGs with torchvision.io.decode_jpeg(device="cuda") (nvJPEG), which ignores
-EXIF, so each image's orientation is read from its header on the CPU (no pixel decode) and
-applied on the device by flips and transposes; then it resizes on device, so a fast GPU is not
-starved by CPU JPEG decoding. Only JPEGs that nvJPEG turns into to_rgb's colours go there (YCbCr
-or grey); the rest (PNG, WebP, GIF, CMYK JPEGs, MPO, broken files) take the CPU path per image.
+EXIF, so each image's orientation is read from its header on the CPU (a marker walk, no pixel
+decode) and applied on the device by flips and transposes; then it resizes on device, so a fast
+GPU is not starved by CPU JPEG decoding. Only JPEGs that nvJPEG turns into to_rgb's picture go
+there (8-bit YCbCr or grey, orientation read exactly as Pillow reads it); the rest (PNG, WebP,
+GIF, CMYK or RGB-coded JPEGs, odd EXIF, broken files) take the CPU path per image.
 """
 from __future__ import annotations
 
