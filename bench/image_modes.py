@@ -37,7 +37,7 @@ def main() -> int:
     print(t._table(status, results))
     failures = {f"{m}.{f}": v for (m, f), v in results.items() if v}
     for kind, make in (("animations (GIF, APNG, WebP, multi-page TIFF)", animations),
-                       ("EXIF orientations 1-8 x JPEG/PNG/WebP", oriented),
+                       ("EXIF orientations 1-8 x JPEG/PNG/WebP/AVIF", oriented),
                        ("held out: skimage wheel files from other encoders", held_out)):
         group = make()
         bad = {s.name: b for s in group if (b := t.check(s, score))}

@@ -27,8 +27,8 @@ MODES: tuple[str, ...] = ("1", "L", "LA", "P", "P+t", "PA", "I;16", "I", "F", "R
                           "CMYK", "YCbCr", "LAB", "HSV")
 # PPM is Pillow's writer for the whole netpbm family: PBM for "1", PGM for L / 16-bit, PPM for
 # RGB, PFM for F.
-FORMATS: tuple[str, ...] = ("PNG", "GIF", "TIFF", "WEBP", "BMP", "JPEG", "ICO", "PPM")
-LOSSY = {"JPEG", "WEBP"}
+FORMATS: tuple[str, ...] = ("PNG", "GIF", "TIFF", "WEBP", "BMP", "JPEG", "ICO", "PPM", "AVIF")
+LOSSY = {"JPEG", "WEBP", "AVIF"}
 # Reopened mode -> written mode, where a format names the same pixels differently.
 _SAME = {("PPM", "I;16"): "I", ("GIF", "1"): "L", ("JPEG", "YCbCr"): "RGB", ("GIF", "L"): "P", ("GIF", "P+t"): "P",
          ("PNG", "P+t"): "P", ("TIFF", "P+t"): "P", ("BMP", "P+t"): "P", ("ICO", "P+t"): "P"}
@@ -221,14 +221,15 @@ def animations(size: tuple[int, int] = SIZE) -> list[Sample]:
 
 
 def oriented(size: tuple[int, int] = (160, 104)) -> list[Sample]:
-    """EXIF orientations 1-8 on JPEG, PNG and WebP; the displayed picture is expected."""
+    """EXIF orientations 1-8 on JPEG, PNG, WebP and AVIF; the displayed picture is expected."""
     shown = photo("astronaut", size)
     out: list[Sample] = []
     for o, to_stored in _STORED_FROM_DISPLAYED.items():
         stored = Image.fromarray(np.ascontiguousarray(to_stored(shown)))
         exif = Image.Exif()
         exif[0x0112] = o
-        for fmt, kw in (("JPEG", {"quality": 95}), ("PNG", {}), ("WEBP", {"quality": 90})):
+        for fmt, kw in (("JPEG", {"quality": 95}), ("PNG", {}), ("WEBP", {"quality": 90}),
+                        ("AVIF", {"quality": 90})):
             out.append(Sample(f"orientation{o}.{fmt.lower()}", "RGB", fmt,
                               encode(stored, fmt, exif=exif, **kw) or b"", shown,
                               lossy=fmt in LOSSY, orientation=o))

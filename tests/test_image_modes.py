@@ -182,7 +182,7 @@ def test_every_mode_format_decodes_the_same_everywhere(generated, score):
     print("\n" + _table(status, results))
     failed = {f"{m}.{f}": v for (m, f), v in results.items() if v}
     assert not failed, failed
-    assert len(samples) >= 45  # the matrix itself did not shrink
+    assert len(samples) >= 51  # the matrix itself did not shrink
 
 
 @pytest.mark.parametrize("kind", ["animations", "oriented", "held_out"])
@@ -191,7 +191,7 @@ def test_animations_orientations_and_held_out_files(kind, score):
     failed = {s.name: b for s in samples if (b := check(s, score))}
     print(f"\n{kind}: {len(samples) - len(failed)}/{len(samples)} decode and agree")
     assert not failed, failed
-    assert len(samples) >= {"animations": 4, "oriented": 24, "held_out": 25}[kind]
+    assert len(samples) >= {"animations": 4, "oriented": 32, "held_out": 25}[kind]
     if kind == "animations":
         assert all(inspect_image(s.data)["is_animated"] for s in samples)
     if kind == "oriented":  # the orientation JPEGs were turned on the device path, not sent to CPU
