@@ -108,8 +108,8 @@ def orientation(im: Image.Image) -> int:
 
 def peek(data: bytes) -> tuple[str | None, str | None, int]:
     """(format, mode, EXIF orientation) from the header alone, no pixel decode; (None, None, 1)
-    when the header is unreadable. Lets a caller decide without decoding whether the bytes are
-    already what every reader shows (export) or what nvJPEG decodes correctly (score's GPU path)."""
+    when the header is unreadable. Lets export decide without decoding whether the bytes are
+    already what every reader shows."""
     try:
         with Image.open(io.BytesIO(data)) as im:
             return im.format, im.mode, orientation(im)
