@@ -197,12 +197,14 @@ def evaluate(lex_path: str, clean: list[str], inserted: list[tuple[str, str]], l
 def speed(lex_path: str, caps: list[str]) -> None:
     cleaner = CaptionCleaner(TextConfig(sensitive_lexicon=lex_path))
     cleaner.clean_batch(caps[:200])
-    language.segment.cache_clear()
-    t = time.process_time()
-    cleaner.clean_batch(caps)
-    dt = time.process_time() - t
+    dt = float("inf")
+    for _ in range(3):  # best of 3: the machine may be shared
+        language.segment.cache_clear()
+        t = time.process_time()
+        cleaner.clean_batch(caps)
+        dt = min(dt, time.process_time() - t)
     print(f"speed: all text rules with this 50k lexicon: {len(caps) / dt:8.0f} captions/s/core "
-          f"({len(caps)} captions, goal >= 20000)")
+          f"({len(caps)} captions, best of 3, goal >= 20000)")
 
 
 def main() -> None:

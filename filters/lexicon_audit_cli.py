@@ -35,7 +35,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     p.add_argument("--strict", default=None, metavar="FILE",
                    help="entries to match whatever the exemptions say (annotate.sensitive_strict_file)")
     p.add_argument("--common-rank", type=int, default=DEFAULT_COMMON_RANK,
-                   help="exempt general words among this many most frequent entries of jieba's "
+                   help="exempt entries among this many most frequent entries of jieba's "
                         f"dictionary (annotate.sensitive_common_rank; default {DEFAULT_COMMON_RANK}; 0: off)")
     p.add_argument("--max-share", type=float, default=DEFAULT_MAX_SHARE,
                    help="exempt entries found in more than this share of the sample "

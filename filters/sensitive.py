@@ -373,8 +373,8 @@ class AuditReport:
             f"({100 * self.n_hit_captions_raw / max(1, self.n_captions):.2f}%)",
         ]
         if self.exempt_common:
-            lines.append(f"exempt as everyday words (among the most frequent general words of "
-                         f"jieba's dictionary; force one with sensitive_strict): {len(self.exempt_common)}")
+            lines.append(f"exempt as everyday words (among the most frequent entries of jieba's "
+                         f"dictionary; force one with sensitive_strict): {len(self.exempt_common)}")
             for e in self.exempt_common:
                 lines.append(f"  {e['word']}: rank {e['rank']:,}, count {e['count']:,}")
         if self.exempt_share:
