@@ -66,7 +66,7 @@ class AnnotateConfig(Strict):
     sensitive_allowlist: list[str] = []
     sensitive_zh_boundaries: bool = True
     # Lexicon hygiene for a raw lexicon (the shipped one is curated: all strict). Everyday words
-    # (general words among jieba's N most frequent; null: off) and entries found in more than
+    # (among jieba's N most frequent entries; null: off) and entries found in more than
     # sensitive_max_share of the run's captions (measured on up to sensitive_share_sample of them
     # before annotate runs, reported in sensitive_exemptions.json; null: off) are not matched,
     # unless forced by sensitive_strict / sensitive_strict_file.
