@@ -128,9 +128,9 @@ def placeholder_strings() -> frozenset[str]:
 
 
 def _normalise_word(w: str, t2s: Any) -> str:
-    import unicodedata
+    from filters.text import nfkc  # captions' own normalisation (CJK punctuation kept)
 
-    w = unicodedata.normalize("NFKC", w).strip().lower()
+    w = nfkc(w).strip().lower()
     if t2s is not None and not w.isascii():
         w = t2s.convert(w)
     return w

@@ -294,3 +294,11 @@ def test_annotate_prepare_exempts_and_reports_words_common_in_the_run(tmp_path):
     recipe2 = recipe.model_copy(update={"annotate": recipe.annotate.model_copy(update={"sensitive_strict": ["小男孩"]})})
     s2 = build_stage("annotate", recipe2)
     assert s2.prepare(ColumnStore(wd, ["download", "annotate"]))["exempt"] == {}
+
+
+def test_lexicon_entries_are_normalised_like_captions():
+    # An entry with Chinese punctuation matches the caption, which keeps its ，as written.
+    from filters.text import normalize_text
+
+    m = SensitiveMatcher(["代开发票，联系", "ＶＩＰ群"])
+    assert m.apply(normalize_text("代开发票，联系我 ｖｉｐ群"))[1] == ["代开发票，联系", "vip群"]
