@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from filters.image_tags import TAG_RULES, UNSCORED
 from pipeline.report_svg import PALETTE, hbar_chart, histogram, line_plot
 from pipeline.report_thumbs import PLACEHOLDERS, Thumb, write_thumbs
+from pipeline.store import stage_dir
 
 log = logging.getLogger("mmcurate")
 
@@ -100,10 +101,10 @@ def _read_dir(d: Path, notes: list[str]) -> pa.Table | None:
 def _stage_order(run_dir: Path) -> list[str]:
     try:
         stages = json.loads((run_dir / "recipe.json").read_text(encoding="utf-8"))["stages"]
-        return [s for s in stages if (run_dir / s).is_dir()]
+        return [s for s in stages if (run_dir / stage_dir(s)).is_dir()]
     except (OSError, ValueError, KeyError, TypeError):
         return sorted(p.name for p in run_dir.iterdir() if p.is_dir() and p.name not in NOT_STAGE_DIRS
-                      and not p.name.startswith("round_") and p.name != "input")
+                      and not p.name.startswith(("round_", "_")) and p.name != "input")
 
 
 def _join_stages(run_dir: Path, notes: list[str]) -> pa.Table | None:
@@ -112,7 +113,7 @@ def _join_stages(run_dir: Path, notes: list[str]) -> pa.Table | None:
     if base is None or "uid" not in base.column_names:
         return None
     for stage in _stage_order(run_dir):
-        t = _read_dir(run_dir / stage, notes)
+        t = _read_dir(run_dir / stage_dir(stage), notes)
         if t is None or "uid" not in t.column_names:
             continue
         new = [c for c in t.column_names if c != "uid" and c not in base.column_names]
@@ -154,6 +155,10 @@ def load_run(run_dir: str | Path) -> RunData:
             notes.append(f"{sp} could not be read ({e}); the funnel uses the row data only")
     rows = _read_dir(data_dir / "export" / "manifest", notes)
     source = "export manifest"
+    if rows is not None and rows.num_rows:
+        # The export's one schema holds a stage that did not run as typed-null columns.
+        rows = rows.drop_columns([c for c in rows.column_names
+                                  if c != "uid" and rows.column(c).null_count == rows.num_rows])
     if rows is None or "uid" not in rows.column_names:
         rows, source = _join_stages(data_dir, notes), "stage outputs (no export manifest)"
     if rows is None:
@@ -199,7 +204,7 @@ def _stage_rows(data: RunData) -> list[tuple[str, int, int, Any]]:
     seconds = (data.summary or {}).get("stage_seconds") or {}
     out = []
     for stage in ["input", *_stage_order(data.run_dir)]:
-        files = sorted((data.run_dir / stage).glob("*.parquet"))
+        files = sorted((data.run_dir / stage_dir(stage)).glob("*.parquet"))
         n = 0
         for f in files:
             try:

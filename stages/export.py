@@ -31,9 +31,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from filters.image import to_rgb
+from filters.image import export_jpeg, to_rgb
 from filters.resize import resize_image
-from filters.image import export_jpeg
 from pipeline.config import ExportConfig
 from pipeline.stage import Resources, Stage
 from pipeline.store import atomic_write_json, atomic_write_parquet, shard_name, stage_dir
@@ -44,6 +43,7 @@ RUN_FILE = "run.json"
 SIZES_FILE = "sizes.json"
 WIDS_INDEX = "shardindex.json"
 PIL_FORMAT = {"jpg": "JPEG", "webp": "WEBP", "png": "PNG"}
+TAG_FIELDS = [c for c in SAMPLE_FIELDS if c.endswith(("_score", "_head")) and c != "clip_score"]
 _OUTPUT_NAME = re.compile(r"^\d{5,}(\.tar|\.parquet|_stats\.json)$")
 
 
@@ -106,6 +106,11 @@ def _tar_info(name: str, size: int) -> tarfile.TarInfo:
 
 def _add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
     tf.addfile(_tar_info(name, len(data)), io.BytesIO(data))
+
+
+def _round(x: float | None) -> float | None:
+    # float32 columns: six decimals is their precision, without the binary tail in the json.
+    return None if x is None else round(float(x), 6)
 
 
 def _tmp(path: Path) -> Path:
@@ -204,10 +209,8 @@ class ExportStage(Stage):
         return out, w, h
 
     def _sample(self, row: dict, key: str, caption: str, w: int | None, h: int | None) -> dict[str, Any]:
-        score = row.get("clip_score")
-        score = None if score is None else round(float(score), 6)
-        caps = [{"text": c.get("text"), "origin": c.get("origin"),
-                 "score": None if c.get("score") is None else round(float(c["score"]), 6),
+        score = _round(row.get("clip_score"))
+        caps = [{"text": c.get("text"), "origin": c.get("origin"), "score": _round(c.get("score")),
                  "scorer": c.get("scorer")} for c in row.get("captions") or []]
         if not caps:  # no capfilt: the web caption, scored by the score stage if it ran
             caps = [{"text": caption, "origin": "web", "score": score,
@@ -217,7 +220,9 @@ class ExportStage(Stage):
                 "lang": row.get("lang"), "width": w, "height": h,
                 "original_width": row.get("width"), "original_height": row.get("height"),
                 "image_format": row.get("image_format"), "sha256": row.get("sha256"),
-                "clip_score": score, "clip_model": row.get("clip_model"), "captions": caps}
+                "clip_score": score, "clip_model": row.get("clip_model"),
+                **{c: _round(row.get(c)) if c.endswith("_score") else row.get(c) for c in TAG_FIELDS},
+                "captions": caps}
         return meta
 
     def process(self, batch: pa.Table) -> pa.Table:
@@ -274,6 +279,7 @@ class ExportStage(Stage):
             p = staged / f"{shard_name(s)}.parquet"
             if not (store.done(self.name, s) and p.exists()):
                 continue  # a shard that failed: its rows are accounted as failed, not exported
+            self._ensure_manifest(store, s)
             t = pq.read_table(p)
             names = t.column("tar").to_pylist()
             for name in dict.fromkeys(names):
@@ -295,6 +301,21 @@ class ExportStage(Stage):
                            "name": f"mmcurate-{run_id(wd)}",
                            "shardlist": [{"url": name, "nsamples": st["successes"], "filesize": st["bytes"]}
                                          for name, st in stats.items()]}, out_dir / WIDS_INDEX)
+
+    def _ensure_manifest(self, store, shard: int) -> None:
+        """A manifest part deleted with export/ (markers kept) is rebuilt from the stage outputs."""
+        path = export_dir(self.run.workdir) / "manifest" / f"{shard_name(shard)}.parquet"
+        if path.exists():
+            return
+        available = list(store.column_sources(upto=self.name))
+        self.needed_columns(available)
+        t = store.read(shard, [c for c in self._manifest_cols if c in available], upto=self.name)
+        marker = pq.read_table(store.path(self.name, shard))
+        for c in self.provides:
+            t = t.append_column(c, marker.column(c))
+        if self._drop_caption:
+            t = t.drop_columns(["caption"])
+        atomic_write_parquet(conform(t, self._manifest_cols), path)
 
     def _write_tar(self, out_dir: Path, staged: Path, name: str, parts: list[tuple[int, pa.Table]]) -> dict:
         rows = pa.concat_tables([t for _, t in parts])

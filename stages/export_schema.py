@@ -11,6 +11,7 @@ from typing import Any, Iterable
 
 import pyarrow as pa
 
+from filters.image_tags import TAG_COLUMNS
 from stages.annotate import IMAGE_COLUMNS, TEXT_COLUMNS
 
 SCHEMA_VERSION = 1
@@ -27,10 +28,11 @@ MANIFEST_COLUMNS: dict[str, pa.DataType] = {
     "download_ok": pa.bool_(), "download_reason": pa.string(), "download_error": pa.string(),
     **IMAGE_COLUMNS, **TEXT_COLUMNS,
     "clip_score": pa.float32(), "clip_model": pa.string(), "clip_error": pa.string(),
+    **TAG_COLUMNS,
     "dup_of": pa.int64(), "dup_reason": pa.string(),
-    "captions": CAPTION_LIST, "capfilt_pass": pa.bool_(), "capfilt_web_score": pa.float32(),
-    "capfilt_candidates": CAPTION_LIST, "capfilt_status": pa.string(),
-    "decision": pa.string(), "reason": pa.string(),
+    "capfilt_candidates": CAPTION_LIST, "capfilt_filter": pa.string(), "capfilt_web_score": pa.float32(),
+    "capfilt_status": pa.string(),
+    "decision": pa.string(), "reason": pa.string(), "captions": CAPTION_LIST, "capfilt_pass": pa.bool_(),
     "exported": pa.bool_(), "tar": pa.string(), "export_error": pa.string(),
     "export_width": pa.int32(), "export_height": pa.int32(),
 }
@@ -48,6 +50,8 @@ SAMPLE_FIELDS: dict[str, pa.DataType] = {
     "original_width": pa.int64(), "original_height": pa.int64(),    # of the downloaded image
     "image_format": pa.string(), "sha256": pa.string(),             # of the downloaded bytes
     "clip_score": pa.float64(), "clip_model": pa.string(),
+    # Image tags (nsfw, watermark, aesthetic): each score with the head that gave it.
+    **{c: (pa.float64() if c.endswith("_score") else pa.string()) for c in TAG_COLUMNS if c != "tag_error"},
     "captions": pa.list_(pa.struct([("text", pa.string()), ("origin", pa.string()),
                                     ("score", pa.float64()), ("scorer", pa.string())])),
 }

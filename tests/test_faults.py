@@ -28,7 +28,8 @@ def _manifest(wd):
 
 def _copy_downloaded(src, dst):
     """The reference run's input and downloads, nothing after: the test re-runs the rest."""
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(*DOWNSTREAM, "summary.json", FAILED_SHARDS_FILE))
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(*DOWNSTREAM, "_export_state", "summary.json",
+                                                            FAILED_SHARDS_FILE))
 
 
 def _shard_rows(table, shard):

@@ -31,6 +31,13 @@ def _copy_run(src: Path, dst: Path) -> Path:
     return dst
 
 
+def _put(t: pa.Table, name: str, arr: pa.Array) -> pa.Table:
+    """Set a column: the export's one schema already holds later stages' columns (as nulls)."""
+    if name in t.column_names:
+        return t.set_column(t.column_names.index(name), name, arr)
+    return t.append_column(name, arr)
+
+
 def _enrich(run: Path) -> None:
     """Add the columns later stages write (lang, CLIP/ITM scores, CapFilt captions), a hostile
     caption, and three bootstrap rounds, so every section of the report has data."""
@@ -54,10 +61,11 @@ def _enrich(run: Path) -> None:
                                  {"text": f"synthetic caption {i} <b>bold</b>", "origin": "synthetic", "score": 0.6}])
             else:
                 captions.append([{"text": f"only synthetic {i}", "origin": "synthetic", "score": 0.7}])
-        t = (t.set_column(t.column_names.index("caption"), "caption", pa.array(caps, pa.string()))
-             .append_column("clip_score", pa.array(rng.normal(0.3, 0.05, n), pa.float32()))
-             .append_column("itm_score", pa.array(rng.uniform(0, 1, n), pa.float32()))
-             .append_column("captions", pa.array(captions, CAPTIONS_TYPE)))
+        t = t.set_column(t.column_names.index("caption"), "caption", pa.array(caps, pa.string()))
+        for name, arr in (("clip_score", pa.array(rng.normal(0.3, 0.05, n), pa.float32())),
+                          ("itm_score", pa.array(rng.uniform(0, 1, n), pa.float32())),
+                          ("captions", pa.array(captions, CAPTIONS_TYPE))):
+            t = _put(t, name, arr)
         if "lang" not in t.column_names:  # annotate's text cleaning writes it when it runs
             t = t.append_column("lang", pa.array(lang, pa.string()))
         pq.write_table(t, f)
@@ -250,8 +258,8 @@ def test_report_odd_columns_and_out_dir(local_run, tmp_path):
     for f in (run / "export" / "manifest").glob("*.parquet"):
         t = pq.read_table(f)
         n = t.num_rows
-        t = t.append_column("clip_score", pa.array(["high"] * n, pa.string()))
-        t = t.append_column("captions", pa.array([["just a string"]] * n, pa.list_(pa.string())))
+        t = _put(t, "clip_score", pa.array(["high"] * n, pa.string()))
+        t = _put(t, "captions", pa.array([["just a string"]] * n, pa.list_(pa.string())))
         pq.write_table(t, f)
     (tmp_path / "site").mkdir()
     out = build_report(run, out=tmp_path / "site")
