@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import pyarrow as pa
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,11 @@ TAG_RULES = (
     TagRule("max_watermark", "watermark_score", "watermark", True),
     TagRule("min_aesthetic", "aesthetic_score", "low_aesthetic", False),
 )
+# The image_tags stage's columns and types (an export schema can list them as fixed columns).
+TAG_COLUMNS: dict[str, pa.DataType] = {
+    **{f"{t}_score": pa.float32() for t in TAGS}, **{f"{t}_head": pa.string() for t in TAGS},
+    "tag_error": pa.string(),
+}
 # A threshold is set but the row has no score (no embedding, or an embedding from another model
 # than the head's): it cannot be shown to pass, so it is not kept silently.
 UNSCORED = "no_image_tags"

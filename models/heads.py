@@ -243,6 +243,19 @@ def fit_head(x: np.ndarray, y: np.ndarray, task: Task, arch: Literal["linear", "
     standardisation is folded into the first layer, so the saved head takes raw embeddings like
     LAION's do: `weight`/`bias` for linear, improved-aesthetic's `layers.N` (Linear, ReLU,
     Dropout, ...) for mlp."""
+    small = len(x) * (x.shape[1] + sum(hidden if arch == "mlp" else ())) < 50_000_000
+    threads = torch.get_num_threads()
+    if small:
+        # Tiny matmuls: thread hand-offs cost more than the work (10-20x slower on a busy machine).
+        torch.set_num_threads(1)
+    try:
+        return _fit(x, y, task, arch, hidden, steps, lr, weight_decay, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(x: np.ndarray, y: np.ndarray, task: Task, arch: str, hidden: Sequence[int], steps: int, lr: float,
+         weight_decay: float, seed: int) -> tuple[dict[str, torch.Tensor], str]:
     torch.manual_seed(seed)
     xt = nn.functional.normalize(torch.as_tensor(np.asarray(x, np.float32)), dim=-1)
     yt = torch.as_tensor(np.asarray(y, np.float32))

@@ -72,7 +72,9 @@ def _embeddings(table: Any, args: argparse.Namespace) -> tuple[np.ndarray, str |
     from models.clip.factory import load_backend
     from models.gpu_decode import decode_pil
 
-    spec: Any = args.backend or {"kind": args.backend_kind, "path": args.backend_path}
+    # An absolute path: the score stage resolves its backend paths, and the model name recorded
+    # in the sidecar must equal the clip_model that stage writes.
+    spec: Any = args.backend or {"kind": args.backend_kind, "path": str(Path(args.backend_path).resolve())}
     be = load_backend(spec, device=args.device)
     images = []
     for i, data in enumerate(table.column(image_col).to_pylist()):

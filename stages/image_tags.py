@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from filters.image_tags import TAGS
+from filters.image_tags import TAG_COLUMNS, TAGS
 from models.heads import LoadedHead, load_head
 from pipeline.stage import Resources, Stage
 
@@ -84,7 +84,7 @@ class ImageTagsStage(Stage):
     name = "image_tags"
     needs = ("img_emb",)
     optional = ("clip_model",)
-    provides = (*SCORE_COLS.values(), *HEAD_COLS.values(), "tag_error")
+    provides = tuple(TAG_COLUMNS)
 
     def __init__(self, config: ImageTagsConfig | dict | None, run: Any = None):
         if not isinstance(config, ImageTagsConfig):
@@ -132,6 +132,9 @@ class ImageTagsStage(Stage):
                         rows.append(i)
                 if rows:
                     scores[rows] = head.score(np.stack([vecs[i] for i in rows]))
+                    for i in rows:
+                        if np.isnan(scores[i]):  # e.g. a non-finite stored vector
+                            errors[i].append(f"{t}:not_finite")
             out[SCORE_COLS[t]] = pa.array(scores, pa.float32(), mask=np.isnan(scores))
             out[HEAD_COLS[t]] = pa.array([head.name if head is not None else None] * n, pa.string())
         out["tag_error"] = pa.array([";".join(e) if e else None for e in errors], pa.string())

@@ -188,6 +188,12 @@ def test_stage_scores_embeddings_and_explains_nulls(tmp_path):
     assert aes[1] is None and np.allclose([aes[i] for i in (0, 2, 3, 4)], ref[[0, 2, 3, 4]], atol=1e-5)
     wm = out.column("watermark_score").to_pylist()
     assert wm[0] is not None and wm[1] is None and wm[3] is None and wm[4] is None
+    bad = x[:1].copy()
+    bad[0, 0] = np.nan
+    out = stage.process(pa.table({"img_emb": pa.FixedSizeListArray.from_arrays(pa.array(bad.reshape(-1)), D),
+                                  "clip_model": ["m"]}))
+    assert out.column("nsfw_score").to_pylist() == [None]
+    assert out.column("tag_error").to_pylist() == ["nsfw:not_finite;watermark:not_finite;aesthetic:not_finite"]
     # Rows of several CLIP widths (en and zh models): a head scores only rows of its own width.
     mixed = pa.array([x[0].tolist(), x[1, :16].tolist()], pa.list_(pa.float32()))
     out = stage.process(pa.table({"img_emb": mixed, "clip_model": pa.array(["m", "m"])}))
