@@ -294,6 +294,10 @@ def test_annotate_prepare_exempts_and_reports_words_common_in_the_run(tmp_path):
     recipe2 = recipe.model_copy(update={"annotate": recipe.annotate.model_copy(update={"sensitive_strict": ["小男孩"]})})
     s2 = build_stage("annotate", recipe2)
     assert s2.prepare(ColumnStore(wd, ["download", "annotate"]))["exempt"] == {}
+    # The pass is bounded: at most sensitive_share_sample captions, spread over every shard.
+    recipe3 = recipe.model_copy(update={"annotate": recipe.annotate.model_copy(update={"sensitive_share_sample": 40})})
+    build_stage("annotate", recipe3).prepare(ColumnStore(wd, ["download", "annotate"]))
+    assert json.loads((wd / "sensitive_exemptions.json").read_text(encoding="utf-8"))["captions_measured"] == 40
 
 
 def test_lexicon_entries_are_normalised_like_captions():
