@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from filters.image_tags import TAG_RULES, UNSCORED
+from pipeline.report_sample import MAX_ROWS, Totals, group_key, load_rows
 from pipeline.report_svg import PALETTE, hbar_chart, histogram, line_plot
 from pipeline.report_thumbs import PLACEHOLDERS, Thumb, write_thumbs
 from pipeline.store import stage_dir
@@ -59,9 +60,21 @@ def _clean_text(text: Any, limit: int = CAPTION_SHOW) -> tuple[str, str]:
 class RunData:
     run_dir: Path
     summary: dict | None
-    rows: pa.Table | None  # one row per input row: manifest or joined stage outputs
+    rows: pa.Table | None  # one row per input row (or a sample of them): manifest or joined stage outputs
     source: str
     notes: list[str] = field(default_factory=list)
+    n_rows: int | None = None  # rows in the run; more than `rows` holds when that is a sample
+    totals: Totals | None = None  # exact counts over every row, when `rows` is a sample
+
+    def __post_init__(self) -> None:
+        if self.n_rows is None:
+            self.n_rows = self.rows.num_rows if self.rows is not None else 0
+
+    def count_true(self, name: str) -> int:
+        """Rows where the column is true: over every row of the run, also when `rows` is a sample."""
+        if self.totals is not None and name in self.totals.true:
+            return self.totals.true[name]
+        return int(sum(1 for v in self.col(name) if v))
 
     def has(self, *cols: str) -> bool:
         return self.rows is not None and all(c in self.rows.column_names for c in cols)
@@ -81,48 +94,62 @@ class RunData:
 
 # ---- loading ---------------------------------------------------------------------------------
 
-def _read_dir(d: Path, notes: list[str]) -> pa.Table | None:
-    files = sorted(d.glob("*.parquet"))
-    if not files:
+def _read_file(f: Path, notes: list[str]) -> pa.Table | None:
+    try:
+        names = pq.read_schema(f).names
+        keep = [c for c in names if c not in SKIP_COLS and not c.endswith("_emb")]
+        return pq.read_table(f, columns=keep)
+    except (pa.ArrowException, OSError) as e:
+        notes.append(f"could not read {f} ({e.__class__.__name__}: {e}); its rows are missing from this report")
         return None
-    parts = []
+
+
+def _n_rows(files: list[Path]) -> int:
+    n = 0
     for f in files:
         try:
-            names = pq.read_schema(f).names
-            keep = [c for c in names if c not in SKIP_COLS and not c.endswith("_emb")]
-            parts.append(pq.read_table(f, columns=keep))
-        except (pa.ArrowException, OSError) as e:
-            notes.append(f"could not read {f} ({e.__class__.__name__}: {e}); its rows are missing from this report")
-    if not parts:
-        return None
-    return pa.concat_tables(parts, promote_options="default")
+            n += pq.ParquetFile(f).metadata.num_rows
+        except (pa.ArrowException, OSError):
+            pass
+    return n
+
+
+def _iter_dir(files: list[Path], notes: list[str]) -> Iterator[pa.Table]:
+    for f in files:
+        t = _read_file(f, notes)
+        if t is not None:
+            yield t
 
 
 def _stage_order(run_dir: Path) -> list[str]:
     try:
         stages = json.loads((run_dir / "recipe.json").read_text(encoding="utf-8"))["stages"]
-        return [s for s in stages if (run_dir / stage_dir(s)).is_dir()]
+        return [s for s in stages if (run_dir / s).is_dir()]
     except (OSError, ValueError, KeyError, TypeError):
         return sorted(p.name for p in run_dir.iterdir() if p.is_dir() and p.name not in NOT_STAGE_DIRS
-                      and not p.name.startswith(("round_", "_")) and p.name != "input")
+                      and not p.name.startswith("round_") and p.name != "input")
 
 
-def _join_stages(run_dir: Path, notes: list[str]) -> pa.Table | None:
-    """Without a manifest (export has not run), join every stage's columns on uid."""
-    base = _read_dir(run_dir / "input", notes)
-    if base is None or "uid" not in base.column_names:
-        return None
-    for stage in _stage_order(run_dir):
-        t = _read_dir(run_dir / stage_dir(stage), notes)
-        if t is None or "uid" not in t.column_names:
+def _join_stages(run_dir: Path, notes: list[str]) -> Iterator[pa.Table]:
+    """Without a manifest (export has not run), every stage's columns joined on uid, one input
+    shard at a time (each stage writes its shard under the input shard's file name)."""
+    stages = _stage_order(run_dir)
+    for f in sorted((run_dir / "input").glob("*.parquet")):
+        base = _read_file(f, notes)
+        if base is None or "uid" not in base.column_names:
             continue
-        new = [c for c in t.column_names if c != "uid" and c not in base.column_names]
-        if new:
-            # Positional take, not Table.join: Acero's join rejects list columns (captions, words).
-            pos = pc.index_in(base.column("uid"), value_set=t.column("uid"))
-            for c in new:
-                base = base.append_column(t.schema.field(c), t.column(c).take(pos))
-    return base.sort_by("uid")
+        for stage in stages:
+            sf = run_dir / stage_dir(stage) / f.name
+            t = _read_file(sf, notes) if sf.exists() else None
+            if t is None or "uid" not in t.column_names:
+                continue
+            new = [c for c in t.column_names if c != "uid" and c not in base.column_names]
+            if new:
+                # Positional take, not Table.join: Acero's join rejects list columns (captions, words).
+                pos = pc.index_in(base.column("uid"), value_set=t.column("uid"))
+                for c in new:
+                    base = base.append_column(t.schema.field(c), t.column(c).take(pos))
+        yield base.sort_by("uid")
 
 
 def _data_dir(run_dir: Path) -> tuple[Path, str | None]:
@@ -140,7 +167,10 @@ def _data_dir(run_dir: Path) -> tuple[Path, str | None]:
     return run_dir, None
 
 
-def load_run(run_dir: str | Path) -> RunData:
+def load_run(run_dir: str | Path, per_reason: int = 6, max_rows: int | None = None) -> RunData:
+    """The run's summary and rows: all rows up to `max_rows` (default report_sample.MAX_ROWS),
+    else a sample with exact counts (pipeline/report_sample.py). One file or shard is read at
+    a time."""
     root = Path(run_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"run directory {root} does not exist; pass the recipe's workdir")
@@ -153,18 +183,30 @@ def load_run(run_dir: str | Path) -> RunData:
             summary = json.loads(sp.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             notes.append(f"{sp} could not be read ({e}); the funnel uses the row data only")
-    rows = _read_dir(data_dir / "export" / "manifest", notes)
-    source = "export manifest"
-    if rows is not None and rows.num_rows:
-        # The export's one schema holds a stage that did not run as typed-null columns.
-        rows = rows.drop_columns([c for c in rows.column_names
-                                  if c != "uid" and rows.column(c).null_count == rows.num_rows])
+    limit = MAX_ROWS if max_rows is None else max_rows
+    manifest = sorted((data_dir / "export" / "manifest").glob("*.parquet"))
+    rows, totals, source = None, None, "export manifest"
+    try:
+        has_uid = bool(manifest) and "uid" in pq.read_schema(manifest[0]).names
+    except (pa.ArrowException, OSError):
+        has_uid = False
+    if has_uid:
+        rows, totals = load_rows(_iter_dir(manifest, notes), _n_rows(manifest), limit, per_reason)
+        if rows is not None and rows.num_rows:
+            # The export's one schema holds a stage that did not run as typed-null columns.
+            rows = rows.drop_columns([c for c in rows.column_names
+                                      if c != "uid" and rows.column(c).null_count == rows.num_rows])
     if rows is None or "uid" not in rows.column_names:
-        rows, source = _join_stages(data_dir, notes), "stage outputs (no export manifest)"
+        source = "stage outputs (no export manifest)"
+        rows, totals = load_rows(_join_stages(data_dir, notes), _n_rows(sorted((data_dir / "input").glob("*.parquet"))),
+                                 limit, per_reason)
     if rows is None:
         source = "none"
         notes.append(f"{data_dir} holds no manifest or stage outputs; only bootstrap rounds (if any) are shown")
-    return RunData(data_dir, summary, rows, source, notes)
+    if totals is not None:
+        notes.append(f"distributions and samples come from {totals.sampled:,} of the run's {totals.rows:,} rows "
+                     f"(a uniform sample plus the first {per_reason} rows of every reason); counts are over every row")
+    return RunData(data_dir, summary, rows, source, notes, totals.rows if totals else None, totals)
 
 
 # ---- sections --------------------------------------------------------------------------------
@@ -189,6 +231,8 @@ def _decision_counts(data: RunData) -> tuple[dict[str, dict[str, int]], str]:
     if "rejected_by_reason" in s and "failed_by_reason" in s and "kept" in s:
         return {"kept": {"kept": int(s["kept"])} if s["kept"] else {},
                 "rejected": dict(s["rejected_by_reason"]), "failed": dict(s["failed_by_reason"])}, "summary.json"
+    if data.totals is not None:
+        return {d: dict(v) for d, v in data.totals.decisions.items()}, "every row"
     out: dict[str, dict[str, int]] = {}
     if data.has("decision"):
         reasons = data.col("reason") if data.has("reason") else [None] * data.rows.num_rows
@@ -204,7 +248,7 @@ def _stage_rows(data: RunData) -> list[tuple[str, int, int, Any]]:
     seconds = (data.summary or {}).get("stage_seconds") or {}
     out = []
     for stage in ["input", *_stage_order(data.run_dir)]:
-        files = sorted((data.run_dir / stage_dir(stage)).glob("*.parquet"))
+        files = sorted((data.run_dir / stage).glob("*.parquet"))
         n = 0
         for f in files:
             try:
@@ -218,7 +262,7 @@ def _stage_rows(data: RunData) -> list[tuple[str, int, int, Any]]:
 def section_funnel(data: RunData) -> str:
     parts = []
     counts, origin = _decision_counts(data)
-    n_input = (data.summary or {}).get("input") or (data.rows.num_rows if data.rows is not None else 0)
+    n_input = (data.summary or {}).get("input") or data.n_rows
     if data.summary:
         s = data.summary
         ok = s.get("balanced")
@@ -233,13 +277,13 @@ def section_funnel(data: RunData) -> str:
             ["stage", "shards written", "rows", "seconds"], stages, "num"))
     steps: list[tuple[str, int]] = [("input", int(n_input))]
     if data.has("download_ok"):
-        steps.append(("downloaded", int(sum(1 for v in data.col("download_ok") if v))))
+        steps.append(("downloaded", data.count_true("download_ok")))
     if data.has("decode_ok"):
-        steps.append(("decoded", int(sum(1 for v in data.col("decode_ok") if v))))
+        steps.append(("decoded", data.count_true("decode_ok")))
     if counts:
         steps.append(("kept", sum(counts.get("kept", {}).values())))
     if data.has("exported"):
-        steps.append(("exported", int(sum(1 for v in data.col("exported") if v))))
+        steps.append(("exported", data.count_true("exported")))
     elif isinstance((data.summary or {}).get("exported"), int):
         steps.append(("exported", data.summary["exported"]))
     if len(steps) > 1:
@@ -258,7 +302,7 @@ def section_funnel(data: RunData) -> str:
             rows += [(d, r, n, f"{100 * n / n_input:.1f}%" if n_input else "") for r, n in items]
         parts.append(_table(["decision", "reason", "rows", "share of input"], rows, "num"))
         if data.has("decision") and origin == "summary.json":
-            row_counts, _ = _decision_counts(RunData(data.run_dir, None, data.rows, data.source))
+            row_counts, _ = _decision_counts(RunData(data.run_dir, None, data.rows, data.source, totals=data.totals))
             if {d: sum(v.values()) for d, v in row_counts.items()} != {d: sum(v.values()) for d, v in counts.items() if v}:
                 parts.append(_note(f"the {data.source} disagrees with summary.json; re-run the pipeline "
                                    "so the manifest and the accounting are from the same run"))
@@ -327,7 +371,7 @@ def _sample_uids(data: RunData, per_reason: int) -> list[tuple[str, str, list[in
     reasons = data.col("reason") if data.has("reason") else [None] * data.rows.num_rows
     groups: dict[tuple[str, str], list[int]] = {}
     for uid, d, r in zip(data.col("uid"), data.col("decision"), reasons):
-        key = (d or "undecided", "kept" if d == "kept" else (r or d or "undecided"))
+        key = group_key(d, r)  # the groups whose first rows report_sample keeps
         g = groups.setdefault(key, [])
         if len(g) < per_reason:
             g.append(int(uid))
@@ -610,7 +654,7 @@ def render_html(data: RunData, root: Path, thumbs: dict[int, Thumb], groups, cap
     nav = "".join(f'<a href="#{s}">{t}</a>' for s, t in (("funnel", "Funnel"), ("histograms", "Distributions"),
                   ("samples", "Samples"), ("tags", "Image tags"), ("capfilt", "CapFilt"), ("rounds", "Rounds")))
     when = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    n = data.rows.num_rows if data.rows is not None else 0
+    n = data.n_rows
     notes = "".join(_note(x) for x in data.notes)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width,initial-scale=1">'
@@ -625,7 +669,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, samples_per
     """Write the report for RUN_DIR to `out` (default RUN_DIR/report/index.html) with its
     thumbnails in a `thumbs/` folder beside it; returns the HTML path."""
     root = Path(run_dir)
-    data = load_run(root)
+    data = load_run(root, per_reason=samples_per_reason)
     out_path = Path(out) if out else root / "report" / "index.html"
     if out_path.is_dir():
         out_path = out_path / "index.html"
