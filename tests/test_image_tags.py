@@ -300,9 +300,10 @@ def test_train_head_detects_watermarks_on_held_out_overlays(wm_head, clip_dir):
     be = load_backend({"kind": "open_clip", "path": str(clip_dir)}, device="cpu")
     x = be.encode_images([Image.open(io.BytesIO(b)).convert("RGB") for b in images])
     held = evaluate(np.array(labels), head.score(x), "binary")
-    print("watermark head: fit-text held-out rows", meta["metrics"]["held_out"], "; unseen texts", held)
-    # A random-init 32-px CLIP is a weak feature extractor: measured held-out AUC 0.74 on unseen
-    # texts (0.5 is chance); the fit rows reach 0.98.
+    print("watermark head: fit rows", meta["metrics"]["fit"], "; held-out rows (fit texts)",
+          meta["metrics"]["held_out"], "; unseen scenes and texts", held)
+    # A random-init 32-px CLIP is a weak feature extractor. Measured: AUC 0.995 on the 480 fit
+    # rows, 0.70 on the 120 held-out rows, 0.71 on 300 unseen scenes with unseen texts (0.5: chance).
     assert held["auc"] > 0.65
     assert meta["metrics"]["held_out"]["auc"] > 0.65
 
