@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "report", help="write an HTML report of a run (funnel, histograms, sample thumbnails, rounds)",
         description="Write a self-contained HTML page about a run: rows per stage and per decision and "
         "reason, CLIP/ITM score, aspect-ratio and caption-length histograms, thumbnails of a few samples "
-        "per reason, CapFilt captions before/after, and metrics across bootstrap rounds (round_0/, "
+        "per reason, NSFW/watermark/aesthetic tag histograms with thumbnails per tag reason, CapFilt captions "
+        "before/after, and metrics across bootstrap rounds (round_0/, "
         "round_1/ ... with metrics.json). Sections the run has no data for are replaced by a note.",
         epilog="example: mmcurate report runs/demo/run && xdg-open runs/demo/run/report/index.html")
     r.add_argument("rundir", help="the run's workdir (or a bootstrap folder holding round_N/)")
