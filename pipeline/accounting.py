@@ -5,6 +5,8 @@ import json
 from pathlib import Path
 
 import duckdb
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from pipeline.store import atomic_write_json
 
@@ -13,11 +15,33 @@ class AccountingError(RuntimeError):
     pass
 
 
+def _count_uids(con: duckdb.DuckDBPyConnection, files: list[Path], src: str) -> tuple[int, int, int, int]:
+    """(rows, distinct uids, smallest, largest uid) of the select shards, one shard in memory at
+    a time. Ingest gives
+    each shard its own uid range, so distinct counts per shard add up when those ranges do not
+    overlap; a run whose shards overlap (broken) is counted over all rows at once instead."""
+    total = distinct = 0
+    ranges = []
+    for f in files:
+        uid = pq.read_table(f, columns=["uid"]).column("uid")
+        total += len(uid)
+        distinct += pc.count_distinct(uid).as_py()
+        if len(uid):
+            mm = pc.min_max(uid)
+            ranges.append((mm["min"].as_py(), mm["max"].as_py()))
+    ranges.sort()
+    if any(b[0] <= a[1] for a, b in zip(ranges, ranges[1:])):
+        distinct = con.execute(f"SELECT count(DISTINCT uid) FROM read_parquet('{src}')").fetchone()[0]
+    lo = min((a for a, _ in ranges), default=0)
+    hi = max((b for _, b in ranges), default=-1)
+    return total, distinct, lo, hi
+
+
 def summarize(workdir: str | Path, n_input: int) -> dict:
     wd = Path(workdir)
     con = duckdb.connect()
     src = str(wd / "select" / "*.parquet")
-    total, distinct = con.execute(f"SELECT count(*), count(DISTINCT uid) FROM read_parquet('{src}')").fetchone()
+    total, distinct, lo, hi = _count_uids(con, sorted((wd / "select").glob("*.parquet")), src)
     rows = con.execute(f"SELECT decision, coalesce(reason, ''), count(*) FROM read_parquet('{src}') "
                        "GROUP BY ALL ORDER BY 1, 3 DESC, 2").fetchall()
     by: dict[str, dict[str, int]] = {"kept": {}, "rejected": {}, "failed": {}}
@@ -42,8 +66,9 @@ def summarize(workdir: str | Path, n_input: int) -> dict:
                                         json.loads(sizes.read_text(encoding="utf-8")).items()]
             if sum(v["samples"] for v in summary["export_shards"]) != exported:
                 summary["balanced"] = False
+    # n distinct uids all within [0, n) are exactly the input's uids.
     balanced = (total == distinct == n_input == counts["kept"] + counts["rejected"] + counts["failed"]
-                and summary.get("balanced", True))
+                and lo >= 0 and hi < n_input and summary.get("balanced", True))
     summary["balanced"] = balanced
     return summary
 
