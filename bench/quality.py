@@ -3,7 +3,8 @@
 Generates a corpus (fixed seed), serves it on loopback, runs download → annotate → dedup →
 select → export with the corpus's own sensitive lexicon, and prints per noise label how many rows
 were removed or fixed (recall), the precision on clean rows, PII redaction recall per type, the
-sensitive-word recall with the share of clean captions altered, and name detection P/R.
+sensitive-word recall (by the form the word was written in: plain, normalisable, held out) with
+the share of clean captions altered, and name detection P/R.
 
 The generator writes its own boilerplate phrases and generic alt-text words (synth/noise.py), not
 the rule list's: boilerplate and uninformative recall are split into phrases the rule list
@@ -45,6 +46,13 @@ def pair_removed(row: dict, m: dict) -> bool:
     if other is None:
         return mine
     return mine or m[other]["decision"] != "kept"
+
+
+def _written(word: str, raw: str) -> list[str]:
+    """The lexicon word and the form it was written in: neither may survive in caption_clean."""
+    from synth.noise import sensitive_forms
+
+    return [word] + [v for v in sensitive_forms(word).values() if v in raw]
 
 
 def _rule_entries() -> tuple[list[str], set[str]]:
@@ -124,7 +132,7 @@ def evaluate(corpus: Path, wd: Path) -> None:
             if name == "pii":
                 ok = all(p["text"] not in out for p in r["pii"] if p["type"] != "name")
             elif name == "sensitive":
-                ok = all(w not in out for w in r["sensitive_words"])
+                ok = all(v not in out for w in r["sensitive_words"] for v in _written(w, r["caption"]))
             elif name == "traditional":
                 ok = m[r["row"]]["text_t2s_chars"] > 0
             else:
@@ -162,11 +170,24 @@ def evaluate(corpus: Path, wd: Path) -> None:
         note = " (names are opt-in: not redacted by default)" if t == "name" else ""
         print(f"  {t:6} {ok}/{n} = {ok / n:.3f}{note}")
 
-    # Sensitive words: recall on the corpus lexicon, and what the lexicon does to clean captions.
+    # Sensitive words: recall on the corpus lexicon, by the form the word was written in, and what
+    # the lexicon does to clean captions.
+    from synth.noise import HELD_OUT_FORMS, sensitive_forms
+
     sens = by_label.get("sensitive", [])
-    hit = sum(all(w not in (m[r["row"]].get("caption_clean") or "") for w in r["sensitive_words"]) for r in sens)
+    per_form: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for r in sens:
+        out = m[r["row"]].get("caption_clean") or ""
+        for w in r["sensitive_words"]:
+            form = [f for f, v in sensitive_forms(w).items() if v in r["caption"]][-1]
+            per_form[form][0] += 1
+            per_form[form][1] += all(v not in out for v in _written(w, r["caption"]))
     clean_hit = sum(m[r["row"]]["sensitive_hits"] > 0 for r in clean)
-    print(f"\nsensitive words: recall {hit}/{len(sens)} = {hit / max(1, len(sens)):.3f}; "
+    known = [v for f, v in per_form.items() if f not in HELD_OUT_FORMS]
+    held = [v for f, v in per_form.items() if f in HELD_OUT_FORMS]
+    print(f"\nsensitive words: recall on forms the matcher normalises {sum(v[1] for v in known)}/"
+          f"{sum(v[0] for v in known)}, on held-out forms {sum(v[1] for v in held)}/{sum(v[0] for v in held)} "
+          f"({', '.join(f'{f} {v[1]}/{v[0]}' for f, v in sorted(per_form.items()))}); "
           f"clean captions altered by the lexicon: {clean_hit}/{len(clean)} = {clean_hit / len(clean):.4f}")
 
     # Names: detector P/R on raw captions of rows that carry a labelled name, and on clean rows.

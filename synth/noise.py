@@ -8,6 +8,7 @@ Rates are fractions of all rows. Three groups:
 """
 from __future__ import annotations
 
+import hashlib
 from typing import ClassVar
 
 import numpy as np
@@ -174,13 +175,49 @@ def lexicon() -> list[str]:
     return SENSITIVE_ZH + SENSITIVE_EN
 
 
+# How a lexicon word is written into a caption. The lexicon (lexicon.txt) holds the plain form;
+# the others are how spam evades lists: forms a normalising matcher should still catch
+# (traditional script, full-width letters, upper case) and held-out ones no list entry spells
+# (letters spaced or split by symbols). Shares are per mille of sensitive rows.
+SENSITIVE_FORMS_ZH = (("plain", 700), ("traditional", 100), ("spaced", 100), ("symbol_split", 100))
+SENSITIVE_FORMS_EN = (("plain", 600), ("upper", 100), ("fullwidth", 100), ("hyphenated", 100),
+                      ("spaced", 100))
+HELD_OUT_FORMS = frozenset({"spaced", "symbol_split", "hyphenated"})
+
+
+def sensitive_forms(word: str) -> dict[str, str]:
+    """Every written form of a lexicon word: form name -> text."""
+    if word.isascii():
+        return {"plain": word, "upper": word.upper(),
+                "fullwidth": "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else "\u3000" if c == " " else c
+                                     for c in word),
+                "hyphenated": word.replace(" ", "-"), "spaced": " ".join(word.replace(" ", ""))}
+    import opencc
+
+    return {"plain": word, "traditional": opencc.OpenCC("s2t").convert(word), "spaced": " ".join(word),
+            "symbol_split": "*".join(word[i:i + 2] for i in range(0, len(word), 2))}
+
+
+def _form(word: str, caption: str, forms: tuple[tuple[str, int], ...]) -> str:
+    # Chosen from a hash of the row, not from the generator's stream, so adding forms left every
+    # other row of a seed's corpus as it was.
+    h = int.from_bytes(hashlib.blake2b(f"{word}\0{caption}".encode(), digest_size=4).digest(), "little") % 1000
+    for name, share in forms:
+        if h < share:
+            return name
+        h -= share
+    return "plain"
+
+
 def add_sensitive(caption: str, rng: np.random.Generator, lang: str) -> tuple[str, str]:
+    """(caption with a lexicon word written into it, the lexicon word)."""
     words = SENSITIVE_ZH if lang == "zh" else SENSITIVE_EN
     word = str(rng.choice(words))
+    written = sensitive_forms(word)[_form(word, caption, SENSITIVE_FORMS_ZH if lang == "zh" else SENSITIVE_FORMS_EN)]
     if lang == "zh":
-        text = str(rng.choice(["{c} {w}", "{w}：{c}", "{c}，{w}请私信"])).format(c=caption, w=word)
+        text = str(rng.choice(["{c} {w}", "{w}：{c}", "{c}，{w}请私信"])).format(c=caption, w=written)
     else:
-        text = str(rng.choice(["{c} {w}", "{w} - {c}", "{c} ({w})"])).format(c=caption, w=word)
+        text = str(rng.choice(["{c} {w}", "{w} - {c}", "{c} ({w})"])).format(c=caption, w=written)
     return text, word
 
 
