@@ -266,6 +266,11 @@ def _check_image_tags(recipe: Recipe, source: str) -> None:
     if "image_tags" in recipe.stages and "score" not in recipe.stages:
         raise RecipeError(f"invalid recipe {source}:\n  - stages: image_tags reads the score stage's "
                           "image embeddings; add score before it")
+    if "image_tags" in recipe.stages and recipe.bootstrap is not None:
+        # Later rounds re-score with their own model: its embeddings are not the heads' CLIP space.
+        raise RecipeError(f"invalid recipe {source}:\n  - stages: image_tags cannot run inside bootstrap "
+                          "rounds (each round re-scores with its own model, not the CLIP model the heads "
+                          "were fitted on); tag and filter the input with a plain `mmcurate run` first")
     for r in TAG_RULES:
         tag = r.column.removesuffix("_score")
         if getattr(recipe.select, r.key) is not None and getattr(tags, tag, None) is None:

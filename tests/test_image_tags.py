@@ -209,6 +209,9 @@ def test_image_tags_config_errors(tmp_path):
         recipe_from_dict({**base, "stages": ["download", "score", "image_tags", "select"]})
     with pytest.raises(RecipeError, match="select.max_nsfw: needs the image_tags stage with a nsfw head"):
         recipe_from_dict({**base, "select": {"max_nsfw": 0.5}})
+    with pytest.raises(RecipeError, match="image_tags cannot run inside bootstrap rounds"):
+        recipe_from_dict({**base, "stages": ["download", "score", "image_tags", "select"], "bootstrap": {},
+                          "image_tags": {"nsfw": {"path": "x.pth"}}})
     with pytest.raises(RecipeError, match="add score before it"):
         recipe_from_dict({**base, "stages": ["download", "image_tags", "select"],
                           "image_tags": {"nsfw": {"path": "x.pth"}}})
