@@ -49,7 +49,9 @@ class CaptionerSpec(BaseModel):
     languages: list[str] | None = None
     # BLIP was trained with this prefix for captioning; it is stripped from the output.
     prompt: str = "a picture of "
-    device: str | None = None
+    # Fingerprint roles as in pipeline/config.py. batch_size stays result-affecting: sampled
+    # captions depend on which images share a generate() call and its seed.
+    device: str | None = Field(None, json_schema_extra={"fingerprint": "runtime"})
     precision: Precision | None = None
     batch_size: int | None = Field(default=None, ge=1)
 
@@ -85,11 +87,12 @@ class FilterSpec(BaseModel):
     path: str | None = None
     model: str | None = None
     clip: BackendSpec | str | None = None
-    web_threshold: float | None = None
-    synth_threshold: float | None = None
-    device: str | None = None
+    # Keep rules applied by `select` (fingerprint roles as in pipeline/config.py).
+    web_threshold: float | None = Field(None, json_schema_extra={"fingerprint": "select"})
+    synth_threshold: float | None = Field(None, json_schema_extra={"fingerprint": "select"})
+    device: str | None = Field(None, json_schema_extra={"fingerprint": "runtime"})
     precision: Precision | None = None
-    batch_size: int | None = Field(default=None, ge=1)
+    batch_size: int | None = Field(default=None, ge=1, json_schema_extra={"fingerprint": "runtime"})
     max_len: int = Field(default=35, ge=4)  # token limit when tokenizing captions to score
 
     @model_validator(mode="after")

@@ -29,7 +29,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overrides["workdir"] = args.workdir
     recipe = load_recipe(args.recipe, overrides)
     with capture(recipe.workdir, verbose=args.verbose) as log_file:
-        summary = run(recipe, only=args.stage, redo=args.redo)
+        summary = run(recipe, only=args.stage, redo=args.redo, recipe_path=args.recipe)
     if summary and summary.get("failed_shards"):
         print(f"warning: {len(summary['failed_shards'])} shard(s) failed and are accounted as failed "
               "(reason shard_error); run the same command again to retry them", file=sys.stderr)

@@ -14,6 +14,15 @@ class RecipeError(ValueError):
     """A recipe that cannot be run; the message says which key and what to do."""
 
 
+# Fingerprint roles of a setting (pipeline/fingerprint.py; README "How a run is stored"). A
+# setting enters its own stage's fingerprint unless its Field says otherwise, so a new option is
+# result-affecting until declared: RUNTIME for settings that cannot change an output (parallelism,
+# batch sizes, device), SELECT_RULE for keep rules kept in another stage's section that only
+# `select` applies (they enter select's fingerprint, so changing one never reruns that stage).
+RUNTIME = {"fingerprint": "runtime"}
+SELECT_RULE = {"fingerprint": "select"}
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -28,12 +37,12 @@ class InputConfig(Strict):
 
 
 class DownloadConfig(Strict):
-    processes: int = Field(2, ge=1)
-    threads: int = Field(32, ge=1)
+    processes: int = Field(2, ge=1, json_schema_extra=RUNTIME)
+    threads: int = Field(32, ge=1, json_schema_extra=RUNTIME)
     timeout: float = Field(10.0, gt=0, description="seconds per request")
     retries: int = Field(0, ge=0)
     # img2dataset's distributor; "auto" = multiprocessing locally, ray on a cluster address.
-    distributor: Literal["auto", "multiprocessing", "ray"] = "auto"
+    distributor: Literal["auto", "multiprocessing", "ray"] = Field("auto", json_schema_extra=RUNTIME)
     user_agent_token: str | None = "mmcurate"
     # Respect X-Robots-Tag noai/noimageai directives like img2dataset does by default.
     respect_robots_headers: bool = True
@@ -43,7 +52,8 @@ class DownloadConfig(Strict):
                                 "unspecified", "reserved"]] = []
     max_redirects: int = Field(5, ge=0, description="redirects followed per URL (reason too_many_redirects)")
     max_image_bytes: int | None = Field(50_000_000, gt=0, description="larger bodies fail with too_large")
-    resolve_threads: int = Field(16, ge=1, description="concurrent DNS look-ups in the pre-download check")
+    resolve_threads: int = Field(16, ge=1, description="concurrent DNS look-ups in the pre-download check",
+                                 json_schema_extra=RUNTIME)
 
 
 class AnnotateConfig(Strict):

@@ -45,6 +45,12 @@ class Stage:
         self.config = config
         self.run = run
 
+    @classmethod
+    def fingerprint_extra(cls, recipe: Any) -> dict[str, Any]:
+        """What this stage's output depends on beyond its own recipe section (pipeline/
+        fingerprint.py); e.g. the run's seed for a stage that samples."""
+        return {}
+
     # ---- lifecycle -------------------------------------------------------------------------
     def resources(self) -> Resources:
         return Resources()

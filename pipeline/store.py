@@ -16,6 +16,8 @@ from typing import Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.config import RecipeError
+
 INPUT_DIR = "input"
 # Where a stage's per-shard outputs live when not under its own name: export publishes its tars
 # and manifest in `export/`, so its resume markers stay outside that folder (a glob over the
@@ -48,6 +50,12 @@ def atomic_write_json(obj: object, path: Path) -> None:
 
 class StoreError(RuntimeError):
     pass
+
+
+class RunOrderError(StoreError, RecipeError):
+    """A run that could not give what a fresh run of the recipe gives (an earlier stage is stale
+    or unfinished, or the input changed). It ends the run before anything is deleted or written,
+    and the CLI exits with code 2; the message names what to run first."""
 
 
 class ColumnStore:

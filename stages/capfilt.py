@@ -2,7 +2,9 @@
 
 For every decodable image, a captioner writes `n_captions` synthetic captions (nucleus sampling
 with `top_p`, BLIP's 0.9; or the n best of beam search with `beam`). A filter scores the web
-caption and each synthetic one. The recipe rules then decide what the sample keeps:
+caption and each synthetic one. This stage writes the candidates and their scores only; the
+keep rules below live in this recipe section, where users know them, but `select` applies them
+(filters/capfilt_rules.py), so changing one re-runs select and export and never the captioner:
 
 * the web caption, if its score >= `web_threshold` (BLIP's 0.5 for an ITM head);
 * up to `max_synthetic` synthetic captions whose score >= `synth_threshold`, best first; with
@@ -12,8 +14,8 @@ caption and each synthetic one. The recipe rules then decide what the sample kee
   (duplicates and copies of the web caption are dropped before scoring);
 * `capfilt_pass` is False when no caption survives; `select` turns that into reason `capfilt`.
 
-The primary caption (first in `captions`) is the kept web caption, or the best synthetic one
-when the web caption failed (`primary: best` puts the highest-scoring kept caption first).
+The primary caption (first in select's `captions`) is the kept web caption, or the best synthetic
+one when the web caption failed (`primary: best` puts the highest-scoring kept caption first).
 
 Languages. The captioner is configured per caption language (`captioner: {en: ..., zh: ...}`,
 "*" for the rest, or one spec for all), and so may the filter be. A row's language is its `lang`
@@ -31,18 +33,18 @@ language instead of whichever it drifts to. A synthetic caption that still comes
 language (a backend that cannot be steered) stays in `capfilt_candidates` with a null score and
 is never kept.
 
-Columns (one row per input row): `captions` (list<struct<text, origin, score>> of the kept
-captions, primary first; null when not evaluated), `capfilt_pass` (bool; null when not
-evaluated: no image, decode failure, skipped language, no filter for the language),
-`capfilt_web_score` (float; null when the web caption is empty or not scored),
-`capfilt_candidates` (every candidate with its score, for the before/after report) and
+Columns (one row per input row): `capfilt_candidates` (list<struct<text, origin, score>>: the
+web caption first, then every synthetic one, each with its filter score; null when not evaluated:
+no image, decode failure, skipped language, no filter for the language), `capfilt_filter` (the
+filter route the row took, e.g. "en" or "*": which per-filter thresholds apply),
+`capfilt_web_score` (float; null when the web caption is empty or not scored) and
 `capfilt_status` (why a row was or was not evaluated: ok, web_only, filter_only,
-skipped_language, no_image, decode_error, no_filter).
+skipped_language, no_image, decode_error, no_filter). `select` writes `captions` (the kept ones,
+primary first) and `capfilt_pass` from them.
 """
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -50,16 +52,16 @@ import pyarrow as pa
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from filters.capfilt_rules import CAPTION_LIST, CAPTION_STRUCT, Candidate, decide  # noqa: F401 (re-exported)
 from filters.image import to_rgb
 from filters.language import detect_language
 from models.capfilt_backends import (Captioner, CaptionerSpec, CaptionFilter, FilterSpec,
                                      load_captioner, load_filter)
 from filters.language import route_language
+from pipeline.config import RUNTIME, SELECT_RULE
 from pipeline.stage import Resources, Stage
 
 ANY_LANG = "*"
-CAPTION_STRUCT = pa.struct([("text", pa.string()), ("origin", pa.string()), ("score", pa.float32())])
-CAPTION_LIST = pa.list_(CAPTION_STRUCT)
 # Languages the script detector can tell apart; other rows are not checked for language match.
 _DETECTABLE = {"en", "zh"}
 
@@ -77,20 +79,25 @@ class CapfiltConfig(BaseModel):
     beam: int | None = Field(default=None, ge=1)      # set: beam search instead of sampling
     max_len: int = Field(default=30, ge=1)            # new tokens per synthetic caption
     min_len: int = Field(default=3, ge=0)
-    web_threshold: float = 0.5
-    synth_threshold: float = 0.5
-    synth_margin: float | None = None                 # set: synthetic must beat the web score by this
-    max_synthetic: int = Field(default=1, ge=0)       # synthetic captions a sample may keep
-    primary: Literal["web", "best"] = "web"
+    # Keep rules: applied by select (SELECT_RULE), so changing one never re-runs the captioner.
+    web_threshold: float = Field(0.5, json_schema_extra=SELECT_RULE)
+    synth_threshold: float = Field(0.5, json_schema_extra=SELECT_RULE)
+    # set: synthetic must beat the web score by this
+    synth_margin: float | None = Field(None, json_schema_extra=SELECT_RULE)
+    # synthetic captions a sample may keep
+    max_synthetic: int = Field(default=1, ge=0, json_schema_extra=SELECT_RULE)
+    primary: Literal["web", "best"] = Field("web", json_schema_extra=SELECT_RULE)
     synthetic_language: Literal["match", "any"] = "match"
     on_language_mismatch: Literal["web_only", "skip"] = "web_only"
-    device: str = "auto"
+    device: str = Field("auto", json_schema_extra=RUNTIME)
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
-    batch_size: int = Field(default=64, ge=1)         # rows per process() and per model forward
-    decode_threads: int = Field(default=4, ge=1)
+    # Rows per process() and per model forward. Not RUNTIME: sampling is seeded per batch (by its
+    # first uid), so another batch size samples other synthetic captions.
+    batch_size: int = Field(default=64, ge=1)
+    decode_threads: int = Field(default=4, ge=1, json_schema_extra=RUNTIME)
     seed: int | None = None                           # None: the run's seed
-    gpus: float = Field(default=1.0, gt=0, le=8)      # per worker when on CUDA
-    cpus: float = Field(default=2.0, gt=0)
+    gpus: float = Field(default=1.0, gt=0, le=8, json_schema_extra=RUNTIME)  # per worker on CUDA
+    cpus: float = Field(default=2.0, gt=0, json_schema_extra=RUNTIME)
 
     @model_validator(mode="after")
     def _check(self) -> "CapfiltConfig":
@@ -132,36 +139,7 @@ class CapfiltConfig(BaseModel):
 route = route_language  # one routing rule for every per-language setting
 
 
-# ---- the recipe rules (pure) ---------------------------------------------------------------
-@dataclass
-class Candidate:
-    text: str
-    origin: str             # "web" | "synthetic"
-    score: float | None     # None: not scored (e.g. off-language synthetic caption)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"text": self.text, "origin": self.origin, "score": self.score}
-
-
-def decide(candidates: Sequence[Candidate], web_threshold: float, synth_threshold: float,
-           max_synthetic: int, primary: str = "web",
-           synth_margin: float | None = None) -> tuple[list[Candidate], bool]:
-    """Kept captions (primary first) and whether the sample passes capfilt."""
-    web_scores = [c.score for c in candidates if c.origin == "web" and c.score is not None]
-    if synth_margin is not None and web_scores:
-        synth_threshold = max(synth_threshold, max(web_scores) + synth_margin)
-    web = [c for c in candidates if c.origin == "web" and c.score is not None
-           and c.score >= web_threshold]
-    synth = [c for c in candidates if c.origin == "synthetic" and c.score is not None
-             and c.score >= synth_threshold]
-    # Stable sort: equal scores keep generation order, so results do not depend on hashing.
-    synth = sorted(synth, key=lambda c: -c.score)[:max_synthetic]  # type: ignore[operator]
-    kept = web[:1] + synth
-    if primary == "best" and kept:
-        kept = sorted(kept, key=lambda c: -c.score)  # type: ignore[operator]
-    return kept, bool(kept)
-
-
+# ---- candidates (pure) -----------------------------------------------------------------------
 def synthetic_candidates(web: str, texts: Sequence[str], row_lang: str | None,
                          match_language: bool) -> list[Candidate]:
     """Candidates from generated texts: stripped, de-duplicated, copies of the web caption
@@ -185,7 +163,13 @@ class CapfiltStage(Stage):
     name = "capfilt"
     needs = ("image", "caption", "decode_ok")
     optional = ("caption_clean", "lang")
-    provides = ("captions", "capfilt_pass", "capfilt_web_score", "capfilt_candidates", "capfilt_status")
+    provides = ("capfilt_candidates", "capfilt_filter", "capfilt_web_score", "capfilt_status")
+
+    @classmethod
+    def fingerprint_extra(cls, recipe: Any) -> dict[str, Any]:
+        # The run's seed drives sampling unless the section sets its own.
+        cfg = getattr(recipe, "capfilt", None)
+        return {"run_seed": recipe.seed} if getattr(cfg, "seed", None) is None else {}
 
     def __init__(self, config: CapfiltConfig | dict, run: Any = None):
         if not isinstance(config, CapfiltConfig):
@@ -313,29 +297,21 @@ class CapfiltStage(Stage):
                                                     [[cd.text for cd in g] for g in groups])
             for g, s in zip(groups, scores):
                 for cd, v in zip(g, s):
-                    cd.score = float(v)
+                    cd.score, cd.scorer = float(v), self.filters[key].name
 
-        kept_col: list[list[dict] | None] = [None] * n
         cand_col: list[list[dict] | None] = [None] * n
-        pass_col: list[bool | None] = [None] * n
         web_score: list[float | None] = [None] * n
         for i in range(n):
             cl = cands[i]
             if cl is None:
                 continue
-            fspec = self.filter_specs[flt_key[i]]  # type: ignore[index]
-            wt = fspec.web_threshold if fspec.web_threshold is not None else c.web_threshold
-            st = fspec.synth_threshold if fspec.synth_threshold is not None else c.synth_threshold
-            kept, ok = decide(cl, wt, st, c.max_synthetic, c.primary, c.synth_margin)
-            kept_col[i] = [k.as_dict() for k in kept]
             cand_col[i] = [k.as_dict() for k in cl]
-            pass_col[i] = ok
             web_score[i] = next((k.score for k in cl if k.origin == "web"), None)
         return pa.table({
-            "captions": pa.array(kept_col, CAPTION_LIST),
-            "capfilt_pass": pa.array(pass_col, pa.bool_()),
-            "capfilt_web_score": pa.array(web_score, pa.float32()),
             "capfilt_candidates": pa.array(cand_col, CAPTION_LIST),
+            "capfilt_filter": pa.array([k if cl is not None else None for k, cl in zip(flt_key, cands)],
+                                       pa.string()),
+            "capfilt_web_score": pa.array(web_score, pa.float32()),
             "capfilt_status": pa.array(status, pa.string()),
         })
 

@@ -21,6 +21,7 @@ from models.clip.base import ClipBackend
 from models.clip.factory import BackendSpec, load_backend
 from models.gpu_decode import decode_batch_device, decode_cpu, decode_pil, gpu_decode_available
 from filters.language import route_language
+from pipeline.config import RUNTIME
 from pipeline.stage import Resources, Stage
 
 DEFAULT_LANG = "*"
@@ -35,15 +36,17 @@ class ScoreConfig(BaseModel):
 
     backends: dict[str, BackendSpec] = Field(default_factory=lambda: {
         DEFAULT_LANG: BackendSpec(kind="open_clip", model="ViT-B-32", pretrained="laion2b_s34b_b79k")})
-    device: str = "auto"
+    # RUNTIME: how the work is spread, not what it computes, so changing one never rescores.
+    device: str = Field("auto", json_schema_extra=RUNTIME)
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
-    batch_size: int = Field(default=256, ge=1)          # rows per model forward
-    rows_per_call: int = Field(default=4096, ge=1)      # rows per process() (executor batch)
-    decode: Literal["cpu", "gpu", "auto"] = "auto"      # auto: GPU when the model is on CUDA
-    num_decode_threads: int = Field(default=8, ge=1)
+    batch_size: int = Field(default=256, ge=1, json_schema_extra=RUNTIME)      # rows per model forward
+    rows_per_call: int = Field(default=4096, ge=1, json_schema_extra=RUNTIME)  # rows per process()
+    # auto: GPU when the model is on CUDA; like `device`, a choice of where pixels are decoded.
+    decode: Literal["cpu", "gpu", "auto"] = Field("auto", json_schema_extra=RUNTIME)
+    num_decode_threads: int = Field(default=8, ge=1, json_schema_extra=RUNTIME)
     jpeg_draft: bool = True
-    gpus: float = Field(default=1.0, gt=0, le=8)        # per worker when on CUDA (0.5: 2/GPU)
-    cpus: float = Field(default=4.0, gt=0)
+    gpus: float = Field(default=1.0, gt=0, le=8, json_schema_extra=RUNTIME)  # per worker on CUDA (0.5: 2/GPU)
+    cpus: float = Field(default=4.0, gt=0, json_schema_extra=RUNTIME)
 
     @model_validator(mode="after")
     def _check(self) -> "ScoreConfig":

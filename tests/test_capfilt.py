@@ -1,5 +1,6 @@
-"""capfilt: recipe rules with scripted scores, language handling, error values, and the real
-backends (tiny offline HF BLIP, the project's own ALBEF checkpoint, a tiny CLIP)."""
+"""capfilt: scripted scores through the keep rules (applied by select), language handling, error
+values, and the real backends (tiny offline HF BLIP, the project's own ALBEF checkpoint, a tiny
+CLIP)."""
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -16,6 +17,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from albef_helpers import toy_sample, toy_tokenizer, tiny_overrides
+from filters.capfilt_rules import KeepRules
 from models.capfilt_backends import (AlbefItmFilter, BlipCaptioner, BlipItmFilter, Captioner,
                                      CaptionFilter, ClipFilter, load_captioner, load_filter)
 from stages.capfilt import (CAPTION_LIST, Candidate, CapfiltConfig, CapfiltStage, capfilt_pairs,
@@ -67,6 +69,15 @@ def _stage(scores, captions, **cfg) -> CapfiltStage:
 
 
 RED, BLUE, GREEN = (200, 30, 30), (30, 30, 200), (30, 200, 30)
+
+
+def _kept(st: CapfiltStage, out: pa.Table) -> tuple[list, list]:
+    """What select makes of capfilt's output under the stage's recipe section: kept captions
+    (primary first) and pass per row. capfilt itself writes neither."""
+    from stages.select import capfilt_verdicts
+
+    assert "captions" not in out.column_names and "capfilt_pass" not in out.column_names
+    return capfilt_verdicts(out, KeepRules.from_config(st.cfg))
 
 
 def _table(rows: list[dict]) -> pa.Table:
@@ -126,14 +137,14 @@ def test_rules_applied_per_sample():
         {"image": _png(BLUE), "caption": "web blue", "decode_ok": True},
         {"image": _png(GREEN), "caption": "web green", "decode_ok": True},
     ]))
-    assert out.schema.field("captions").type == CAPTION_LIST
-    caps = out.column("captions").to_pylist()
+    assert out.schema.field("capfilt_candidates").type == CAPTION_LIST
+    caps, passed = _kept(st, out)
     assert [[(c["text"], c["origin"]) for c in r] for r in caps] == [
         [("web red", "web"), ("red one", "synthetic")],
         [],
         [("green one", "synthetic"), ("green two", "synthetic")],
     ]
-    assert out.column("capfilt_pass").to_pylist() == [True, False, True]
+    assert passed == [True, False, True]
     assert np.allclose(out.column("capfilt_web_score").to_pylist(), [0.8, 0.3, 0.1])
     cands = out.column("capfilt_candidates").to_pylist()
     # duplicates removed; every candidate reported with its score
@@ -152,7 +163,7 @@ def test_filter_threshold_override_and_caption_clean():
                               "decode_ok": True},
                              {"image": _png(RED), "caption": "call 13800138000", "caption_clean": None,
                               "decode_ok": True}]))
-    caps = out.column("captions").to_pylist()
+    caps, _ = _kept(st, out)
     assert [c["text"] for c in caps[0]] == ["clean web", "syn"]
     # a null cleaned caption never falls back to the raw one (it may hold redacted PII)
     assert [c["text"] for c in caps[1]] == ["syn"]
@@ -168,8 +179,9 @@ def test_decode_failures_are_null_not_crash():
         {"image": None, "caption": "ok", "decode_ok": None},
         {"image": _png(RED), "caption": "ok", "decode_ok": True},
     ]))
-    assert out.column("capfilt_pass").to_pylist() == [None, None, None, True]
-    assert out.column("captions").to_pylist()[:3] == [None, None, None]
+    caps, passed = _kept(st, out)
+    assert passed == [None, None, None, True]
+    assert caps[:3] == [None, None, None]
     assert out.column("capfilt_candidates").to_pylist()[:3] == [None, None, None]
     assert out.column("capfilt_status").to_pylist() == ["decode_error", "decode_error", "no_image", "ok"]
     assert cap.calls == [1]
@@ -180,7 +192,7 @@ def test_empty_web_caption_uses_synthetic_only():
     st = _stage({"syn a": 0.4, "syn b": 0.6}, cap, n_captions=2)
     out = st.process(_table([{"image": _png(RED), "caption": "   ", "decode_ok": True}]))
     assert out.column("capfilt_web_score").to_pylist() == [None]
-    assert [c["text"] for c in out.column("captions").to_pylist()[0]] == ["syn b"]
+    assert [c["text"] for c in _kept(st, out)[0][0]] == ["syn b"]
 
 
 @pytest.mark.parametrize("mode", ["web_only", "skip"])
@@ -194,14 +206,14 @@ def test_language_mismatch(mode):
         {"image": _png(BLUE), "caption": "蓝色的方块", "decode_ok": True},  # zh by script
     ]))
     assert en_cap.calls == [1]  # the zh row is never captioned by the English model
-    caps = out.column("captions").to_pylist()
+    caps, passed = _kept(st, out)
     assert [c["text"] for c in caps[0]] == ["web en", "a red thing"]
     if mode == "web_only":
         assert [c["text"] for c in caps[1]] == ["蓝色的方块"]
-        assert out.column("capfilt_pass").to_pylist() == [True, True]
+        assert passed == [True, True]
         assert out.column("capfilt_status").to_pylist() == ["ok", "web_only"]
     else:
-        assert caps[1] is None and out.column("capfilt_pass").to_pylist() == [True, None]
+        assert caps[1] is None and passed == [True, None]
         assert out.column("capfilt_web_score").to_pylist()[1] is None
         assert out.column("capfilt_status").to_pylist() == ["ok", "skipped_language"]
 
@@ -219,7 +231,7 @@ def test_per_language_captioners_and_language_match():
     assert en.calls == [1] and zh.calls == [1]
     # each row's language (detected when the row has none) is passed on to steer the decoder
     assert en.langs == [["en"]] and zh.langs == [["zh"]]
-    caps = out.column("captions").to_pylist()
+    caps, _ = _kept(st, out)
     # off-language synthetic captions are reported unscored and never kept
     assert [c["text"] for c in caps[0]] == ["red", "red square"]
     assert [c["text"] for c in caps[1]] == ["蓝", "蓝色方块"]
@@ -238,7 +250,7 @@ def test_filter_only_and_config_errors():
     st = _stage({"w": 0.7}, None, captioner=None, n_captions=0)
     out = st.process(_table([{"image": _png(RED), "caption": "w", "decode_ok": True}]))
     assert out.column("capfilt_status").to_pylist() == ["filter_only"]
-    assert out.column("capfilt_pass").to_pylist() == [True]
+    assert _kept(st, out)[1] == [True]
     f = {"kind": "albef", "path": "/x"}
     with pytest.raises(ValidationError, match="n_captions"):
         CapfiltConfig(filter=f, n_captions=2)  # no captioner
@@ -258,7 +270,7 @@ def test_no_filter_for_language():
                 filter={"en": {"kind": "albef", "path": "/x"}})
     out = st.process(_table([{"image": _png(RED), "caption": "红色方块", "decode_ok": True}]))
     assert out.column("capfilt_status").to_pylist() == ["no_filter"]
-    assert out.column("capfilt_pass").to_pylist() == [None]
+    assert _kept(st, out)[1] == [None]
 
 
 # ---- tiny HF BLIP, saved and loaded offline ----------------------------------------------------
@@ -330,7 +342,7 @@ def test_stage_with_tiny_blip(blip_dir):
     out = capfilt_pairs(st, imgs, ["a red square", "x", "红色的方块", "green"], ["en", None, None, "en"])
     assert out.num_rows == 4
     assert out.column("capfilt_status").to_pylist() == ["ok", "decode_error", "web_only", "ok"]
-    caps = out.column("captions").to_pylist()
+    caps, _ = _kept(st, out)
     assert caps[0][0]["text"] == "a red square" and caps[0][0]["origin"] == "web"
     assert 1 <= len(caps[0]) <= 3 and all(c["origin"] == "synthetic" for c in caps[0][1:])
     assert [c["origin"] for c in caps[2]] == ["web"]
@@ -384,8 +396,9 @@ def test_stage_with_own_model(albef_ckpt):
     buf = io.BytesIO()
     toy_sample("red", "left").save(buf, format="JPEG")
     out = capfilt_pairs(st, [buf.getvalue(), _png(BLUE)], ["a red square on the left", "蓝色的方块"])
-    assert out.column("capfilt_pass").to_pylist() == [True, True]
-    for caps, cands in zip(out.column("captions").to_pylist(), out.column("capfilt_candidates").to_pylist()):
+    kept, passed = _kept(st, out)
+    assert passed == [True, True]
+    for caps, cands in zip(kept, out.column("capfilt_candidates").to_pylist()):
         assert caps[0]["origin"] == "web" and len(caps) <= 3
         assert 2 <= len(cands) <= 4 and all(0 <= c["score"] <= 1 for c in cands)
 
@@ -438,13 +451,14 @@ def test_through_executor_shard_path(tmp_path):
     process_shard(st, store, 0)
     out = pq.read_table(tmp_path / "capfilt" / "00000.parquet")
     assert out.column("uid").to_pylist() == list(range(n))
-    assert out.column("capfilt_pass").to_pylist() == [True, True, None, True, None]
-    assert [[c["text"] for c in r] if r is not None else None for r in out.column("captions").to_pylist()] == [
+    caps, passed = _kept(st, out)
+    assert passed == [True, True, None, True, None]
+    assert [[c["text"] for c in r] if r is not None else None for r in caps] == [
         ["web"], ["蓝色方块"], None, ["web"], None]
     assert cap.calls == [2, 1]  # batches of 2 rows: {0, 1}, {2, 3} (2 fails decode), {4} (no image)
 
     empty = st.process(_table([]).slice(0, 0))
-    assert empty.num_rows == 0 and empty.schema.field("captions").type == CAPTION_LIST
+    assert empty.num_rows == 0 and empty.schema.field("capfilt_candidates").type == CAPTION_LIST
 
 
 def test_resolve_paths_relative_to_recipe(tmp_path):
@@ -459,24 +473,96 @@ def test_resolve_paths_relative_to_recipe(tmp_path):
                          ).resolve_paths(tmp_path).filters()["*"].path == "/abs/ckpt"
 
 
-def test_select_rejects_a_sample_whose_captions_all_fail():
-    """capfilt's verdict reaches select: every caption failing means reason `capfilt`; a row
-    capfilt did not evaluate (null) is not judged on it."""
+def _select_for(cfg: CapfiltConfig, stages=("capfilt", "select")):
+    from types import SimpleNamespace
+
     from pipeline.config import SelectConfig
+    from pipeline.stage import RunContext
     from stages.select import SelectStage
 
+    recipe = SimpleNamespace(stages=list(stages), capfilt=cfg, annotate=None, score=None)
+    return SelectStage(SelectConfig(), RunContext(workdir="", recipe=recipe))
+
+
+def test_select_applies_the_keep_rules():
+    """capfilt's verdict is select's: every caption failing means reason `capfilt`; a row capfilt
+    did not evaluate (null) is not judged on it; select writes the kept captions."""
     cap = StubCaptioner({RED: ["red thing"], BLUE: ["wrong thing"]})
-    st = _stage({"red": 0.9, "red thing": 0.8, "blue": 0.1, "wrong thing": 0.2}, cap, n_captions=1,
-                web_threshold=0.5, synth_threshold=0.5)
+    scores = {"red": 0.9, "red thing": 0.8, "blue": 0.1, "wrong thing": 0.2}
+    st = _stage(scores, cap, n_captions=1, web_threshold=0.5, synth_threshold=0.5)
     out = st.process(_table([
         {"image": _png(RED), "caption": "red", "decode_ok": True},
         {"image": _png(BLUE), "caption": "blue", "decode_ok": True},
         {"image": None, "caption": "gone", "decode_ok": False},
     ]))
-    assert out.column("capfilt_pass").to_pylist() == [True, False, None]
-    sel = SelectStage(SelectConfig(), None)
-    cols = sel.needed_columns(["uid", *out.column_names])
-    assert "capfilt_pass" in cols
-    res = sel.process(out.select(cols).append_column("uid", pa.array(range(3), pa.int64())))
+    out = out.append_column("uid", pa.array(range(3), pa.int64()))
+
+    def select(cfg):
+        sel = _select_for(cfg)
+        cols = sel.needed_columns(out.column_names)
+        assert "capfilt_candidates" in cols
+        res = sel.process(out.select(cols))
+        assert res.column_names == ["decision", "reason", "captions", "capfilt_pass"]
+        assert list(sel.provides) == res.column_names
+        return res
+
+    res = select(st.cfg)
     assert res.column("decision").to_pylist() == ["kept", "rejected", "kept"]
     assert res.column("reason").to_pylist() == [None, "capfilt", None]
+    assert res.column("capfilt_pass").to_pylist() == [True, False, None]
+    assert [[c["text"] for c in r] if r is not None else None for r in res.column("captions").to_pylist()] == [
+        ["red", "red thing"], [], None]
+    # Other thresholds on the same scores: no captioner or filter call, another decision.
+    calls = list(cap.calls)
+    res = select(st.cfg.model_copy(update={"web_threshold": 0.05, "max_synthetic": 0}))
+    assert res.column("reason").to_pylist() == [None, None, None]
+    assert [[c["text"] for c in r] if r is not None else None for r in res.column("captions").to_pylist()] == [
+        ["red"], ["blue"], None]
+    assert cap.calls == calls
+    # A per-filter override applies to the rows that filter scored.
+    res = select(st.cfg.model_copy(update={"filter": st.cfg.filter.model_copy(update={"web_threshold": 0.95})}))
+    assert res.column("captions").to_pylist()[0] == [{"text": "red thing", "origin": "synthetic", "score": pytest.approx(0.8)}]
+
+
+def test_select_needs_capfilt_columns_when_the_recipe_runs_capfilt():
+    from pipeline.store import RunOrderError
+
+    cfg = CapfiltConfig(filter={"kind": "albef", "path": "/unused"}, n_captions=0)
+    with pytest.raises(RunOrderError, match="stage capfilt has not produced"):
+        _select_for(cfg).needed_columns(["uid", "decode_ok"])
+    # without capfilt in the recipe there is no capfilt rule, and no captions column
+    sel = _select_for(cfg, stages=("select",))
+    assert sel.needed_columns(["uid"]) == [] and "captions" not in sel.provides
+
+
+def test_keep_rules_enter_selects_fingerprint_not_capfilts(tmp_path):
+    """Changing a keep rule re-runs select (and export), never the captioner; settings that
+    cannot change a result (device, threads, GPUs) re-run nothing."""
+    from pipeline.config import recipe_from_dict
+    from pipeline.fingerprint import stage_settings
+
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "model.pt").write_bytes(b"weights v1")
+    spec = {"kind": "albef", "path": str(tmp_path / "ckpt")}
+    base = {"input": {"path": str(tmp_path / "urls.parquet")}, "workdir": str(tmp_path / "wd"),
+            "stages": ["download", "annotate", "capfilt", "select", "export"],
+            "capfilt": {"captioner": spec, "filter": spec, "n_captions": 2}}
+
+    def digests(**capfilt):
+        r = recipe_from_dict({**base, "capfilt": {**base["capfilt"], **capfilt}})
+        return stage_settings(r, r.stages)
+
+    ref = digests()
+    for change in ({"web_threshold": 0.3}, {"synth_threshold": 0.7}, {"synth_margin": 0.1},
+                   {"max_synthetic": 3}, {"primary": "best"}, {"filter": {**spec, "web_threshold": 0.2}}):
+        d = digests(**change)
+        assert d["capfilt"] == ref["capfilt"] and d["select"] != ref["select"], change
+    for change in ({"device": "cuda"}, {"decode_threads": 9}, {"gpus": 0.5}, {"cpus": 8},
+                   {"filter": {**spec, "batch_size": 7, "device": "cpu"}}):
+        assert digests(**change) == ref, change
+    for change in ({"n_captions": 3}, {"top_p": 0.8}, {"batch_size": 8}):  # sampling depends on these
+        d = digests(**change)
+        assert d["capfilt"] != ref["capfilt"] and d["select"] == ref["select"], change
+    # The checkpoint's contents count, not only its path.
+    (tmp_path / "ckpt" / "model.pt").write_bytes(b"weights v2, retrained")
+    assert digests()["capfilt"] != ref["capfilt"]

@@ -23,12 +23,15 @@ class BackendSpec(BaseModel):
     model: str | None = None
     pretrained: str | None = None
     path: str | None = None
-    device: str | None = None          # None: the score config's default ("auto")
+    # Fingerprint roles as in pipeline/config.py (RUNTIME, SELECT_RULE), spelled out so that
+    # models/ does not import the pipeline.
+    # None: the score config's default ("auto")
+    device: str | None = Field(None, json_schema_extra={"fingerprint": "runtime"})
     precision: Literal["auto", "fp32", "fp16", "bf16"] | None = None
-    batch_size: int | None = Field(default=None, ge=1)
+    batch_size: int | None = Field(default=None, ge=1, json_schema_extra={"fingerprint": "runtime"})
     context_length: int | None = Field(default=None, ge=1)
     # Used by `select`, not here: each backend's cosine scale differs.
-    threshold: float | None = None
+    threshold: float | None = Field(None, json_schema_extra={"fingerprint": "select"})
 
     @model_validator(mode="after")
     def _check_source(self) -> "BackendSpec":
