@@ -282,15 +282,20 @@ class ExportStage(Stage):
             self._ensure_manifest(store, s)
             t = pq.read_table(p)
             names = t.column("tar").to_pylist()
-            for name in dict.fromkeys(names):
-                if current is not None and name != current:
+            i = 0
+            while i < len(names):  # rows come in tar order: each tar is a contiguous run
+                j = i
+                while j < len(names) and names[j] == names[i]:
+                    j += 1
+                if current is not None and names[i] != current:
                     stats[current] = self._write_tar(out_dir, staged, current, pending)
                     pending = []
-                current = name
-                idx = [i for i, x in enumerate(names) if x == name]
-                pending.append((s, t.take(idx)))
+                current = names[i]
+                pending.append((s, t.slice(i, j - i)))
+                i = j
         if current is not None:
             stats[current] = self._write_tar(out_dir, staged, current, pending)
+        self._close_staged()
         keep = {Path(n).stem for n in stats}
         for f in out_dir.iterdir():  # tars of an earlier plan
             if _OUTPUT_NAME.match(f.name) and f.name.split(".")[0].split("_")[0] not in keep:
@@ -317,6 +322,25 @@ class ExportStage(Stage):
             t = t.drop_columns(["caption"])
         atomic_write_parquet(conform(t, self._manifest_cols), path)
 
+    def _staged(self, staged: Path, shard: int) -> tuple[tarfile.TarFile, dict[str, list[tarfile.TarInfo]]]:
+        """The staged tar of `shard`, open, with its members by key (one shard at a time: the
+        tars are written in input order)."""
+        cur = getattr(self, "_open_staged", None)
+        if cur is None or cur[0] != shard:
+            self._close_staged()
+            tf = tarfile.open(staged / f"{shard_name(shard)}.tar", "r:")
+            members: dict[str, list[tarfile.TarInfo]] = {}
+            for m in tf.getmembers():
+                members.setdefault(m.name.split(".", 1)[0], []).append(m)
+            self._open_staged = cur = (shard, tf, members)
+        return cur[1], cur[2]
+
+    def _close_staged(self) -> None:
+        cur = getattr(self, "_open_staged", None)
+        if cur is not None:
+            cur[1].close()
+        self._open_staged = None
+
     def _write_tar(self, out_dir: Path, staged: Path, name: str, parts: list[tuple[int, pa.Table]]) -> dict:
         rows = pa.concat_tables([t for _, t in parts])
         status = rows.column("status").to_pylist()
@@ -331,14 +355,16 @@ class ExportStage(Stage):
         tmp = _tmp(tar_path)
         with tarfile.open(tmp, "w") as dst:
             for s, t in parts:
-                ok = {k for k, st in zip(t.column("key").to_pylist(), t.column("status").to_pylist())
-                      if st == "success"}
-                if not ok:
-                    continue
-                with tarfile.open(staged / f"{shard_name(s)}.tar", "r:") as src:
-                    for m in src:
-                        if m.name.split(".", 1)[0] in ok:
-                            dst.addfile(m, src.extractfile(m))
+                src, members = self._staged(staged, s)
+                for k, st in zip(t.column("key").to_pylist(), t.column("status").to_pylist()):
+                    if st != "success":
+                        continue
+                    if k not in members:
+                        raise RuntimeError(f"{staged / shard_name(s)}.tar lacks sample {k}; delete "
+                                           f"{state_dir(self.run.workdir) / shard_name(s)}.parquet and "
+                                           "run again to redo that shard's export")
+                    for m in members[k]:
+                        dst.addfile(m, src.extractfile(m))
         os.replace(tmp, tar_path)
         atomic_write_parquet(rows, tar_path.with_suffix(".parquet"))
         counts: dict[str, int] = {}

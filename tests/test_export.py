@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from PIL import Image
 
@@ -98,3 +99,28 @@ def test_schema_covers_every_stage_column():
     assert not any(missing.values()), f"add these to stages/export_schema.py MANIFEST_COLUMNS: {missing}"
     pytest.importorskip("datasets")
     assert set(hf_features()["json"]) == set(SAMPLE_FIELDS)
+
+
+def test_capfilt_scores_name_their_filter():
+    from filters.capfilt_rules import KeepRules
+    from models.capfilt_backends import CaptionFilter
+    from stages.capfilt import CapfiltConfig, CapfiltStage
+    from stages.select import capfilt_verdicts
+
+    class Named(CaptionFilter):
+        name = "albef_itm:round_0-filter"
+
+        def score_groups(self, images, texts):
+            return [np.full(len(g), 0.9, np.float32) for g in texts]
+
+    st = CapfiltStage(CapfiltConfig(filter={"kind": "albef", "path": "/unused"}, captioner=None,
+                                    n_captions=0), None)
+    st.captioners, st.filters = {}, {k: Named() for k in st.filter_specs}
+    img = _bytes(_photo("coffee").resize((64, 48)), "PNG")
+    batch = pa.table({"uid": pa.array([0], pa.int64()), "image": pa.array([img], pa.binary()),
+                      "caption": ["a cup of coffee on a saucer"], "decode_ok": [True], "lang": ["en"]})
+    out = st.process(batch)
+    [cands] = out.column("capfilt_candidates").to_pylist()
+    assert [c["scorer"] for c in cands] == ["albef_itm:round_0-filter"]
+    kept, _ = capfilt_verdicts(out, KeepRules.from_config(st.cfg))
+    assert kept[0][0]["scorer"] == "albef_itm:round_0-filter"
