@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-MAX_ROWS = 200_000
+MAX_ROWS = 100_000
 TRUE_COLS = ("download_ok", "decode_ok", "exported")
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: uids in a range spread evenly
 
