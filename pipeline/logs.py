@@ -179,9 +179,15 @@ def route_ray() -> None:
         now = _active
         if now is None or now.verbose:  # a Ray session that outlived the command
             return original(data, ignore_prefix=ignore_prefix, **kw)
-        who = data.get("actor_name") or data.get("task_name") or ""
-        prefix = "" if ignore_prefix else f"({who} pid={data.get('pid')}) ".replace("( ", "(")
-        now.stream.write("".join(f"{prefix}{line}\n" for line in data.get("lines", [])))
+        pid, lines = data.get("pid"), data.get("lines", [])
+        if pid in ("autoscaler", "raylet"):
+            prefix = f"({pid}) "
+            if pid == "autoscaler":  # its periodic status dumps, less the events, as Ray does
+                lines = list(getattr(ray_worker, "filter_autoscaler_events", lambda ls: ls)(lines))
+        else:
+            who = data.get("actor_name") or data.get("task_name")
+            prefix = f"({who} pid={pid}) " if who else f"(pid={pid}) "
+        now.stream.write("".join(f"{'' if ignore_prefix else prefix}{line}\n" for line in lines))
 
     to_log._mmcurate = True  # type: ignore[attr-defined]
     ray_worker.print_to_stdstream = to_log
