@@ -96,8 +96,11 @@ class RunData:
 
 def _read_file(f: Path, notes: list[str]) -> pa.Table | None:
     try:
-        names = pq.read_schema(f).names
-        keep = [c for c in names if c not in SKIP_COLS and not c.endswith("_emb")]
+        schema = pq.read_schema(f)
+        # Bytes (images, signatures such as near_sig) are never shown and are most of a row.
+        keep = [x.name for x in schema if x.name not in SKIP_COLS and not x.name.endswith("_emb")
+                and not (pa.types.is_binary(x.type) or pa.types.is_large_binary(x.type)
+                         or pa.types.is_fixed_size_binary(x.type))]
         return pq.read_table(f, columns=keep)
     except (pa.ArrowException, OSError) as e:
         notes.append(f"could not read {f} ({e.__class__.__name__}: {e}); its rows are missing from this report")
