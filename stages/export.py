@@ -24,7 +24,7 @@ import re
 import tarfile
 import uuid
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, BinaryIO, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -322,17 +322,20 @@ class ExportStage(Stage):
             t = t.drop_columns(["caption"])
         atomic_write_parquet(conform(t, self._manifest_cols), path)
 
-    def _staged(self, staged: Path, shard: int) -> tuple[tarfile.TarFile, dict[str, list[tarfile.TarInfo]]]:
-        """The staged tar of `shard`, open, with its members by key (one shard at a time: the
-        tars are written in input order)."""
+    def _staged(self, staged: Path, shard: int) -> tuple[BinaryIO, dict[str, tuple[int, int]]]:
+        """The staged tar of `shard`, open, with each key's byte range (its members' headers and
+        padded data, contiguous as staged). One shard at a time: tars are written in input order."""
         cur = getattr(self, "_open_staged", None)
         if cur is None or cur[0] != shard:
             self._close_staged()
-            tf = tarfile.open(staged / f"{shard_name(shard)}.tar", "r:")
-            members: dict[str, list[tarfile.TarInfo]] = {}
-            for m in tf.getmembers():
-                members.setdefault(m.name.split(".", 1)[0], []).append(m)
-            self._open_staged = cur = (shard, tf, members)
+            path = staged / f"{shard_name(shard)}.tar"
+            spans: dict[str, tuple[int, int]] = {}
+            with tarfile.open(path, "r:") as tf:
+                for m in tf.getmembers():
+                    end = m.offset_data + -(-m.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+                    start = spans.get(m.name.split(".", 1)[0], (m.offset, end))[0]
+                    spans[m.name.split(".", 1)[0]] = (start, end)
+            self._open_staged = cur = (shard, open(path, "rb"), spans)
         return cur[1], cur[2]
 
     def _close_staged(self) -> None:
@@ -353,18 +356,22 @@ class ExportStage(Stage):
             if old.get("content") == content:
                 return old
         tmp = _tmp(tar_path)
-        with tarfile.open(tmp, "w") as dst:
+        # Whole member blocks are copied as staged (headers included): no re-encoding, and the
+        # same samples give the same bytes.
+        with open(tmp, "wb") as dst:
             for s, t in parts:
-                src, members = self._staged(staged, s)
+                src, spans = self._staged(staged, s)
                 for k, st in zip(t.column("key").to_pylist(), t.column("status").to_pylist()):
                     if st != "success":
                         continue
-                    if k not in members:
+                    if k not in spans:
                         raise RuntimeError(f"{staged / shard_name(s)}.tar lacks sample {k}; delete "
                                            f"{state_dir(self.run.workdir) / shard_name(s)}.parquet and "
                                            "run again to redo that shard's export")
-                    for m in members[k]:
-                        dst.addfile(m, src.extractfile(m))
+                    start, end = spans[k]
+                    src.seek(start)
+                    dst.write(src.read(end - start))
+            dst.write(b"\0" * (2 * tarfile.BLOCKSIZE))  # end-of-archive marker
         os.replace(tmp, tar_path)
         atomic_write_parquet(rows, tar_path.with_suffix(".parquet"))
         counts: dict[str, int] = {}
