@@ -127,10 +127,10 @@ def _iter_dir(files: list[Path], notes: list[str]) -> Iterator[pa.Table]:
 def _stage_order(run_dir: Path) -> list[str]:
     try:
         stages = json.loads((run_dir / "recipe.json").read_text(encoding="utf-8"))["stages"]
-        return [s for s in stages if (run_dir / s).is_dir()]
+        return [s for s in stages if (run_dir / stage_dir(s)).is_dir()]
     except (OSError, ValueError, KeyError, TypeError):
         return sorted(p.name for p in run_dir.iterdir() if p.is_dir() and p.name not in NOT_STAGE_DIRS
-                      and not p.name.startswith("round_") and p.name != "input")
+                      and not p.name.startswith(("round_", "_")) and p.name != "input")
 
 
 def _join_stages(run_dir: Path, notes: list[str]) -> Iterator[pa.Table]:
@@ -251,7 +251,7 @@ def _stage_rows(data: RunData) -> list[tuple[str, int, int, Any]]:
     seconds = (data.summary or {}).get("stage_seconds") or {}
     out = []
     for stage in ["input", *_stage_order(data.run_dir)]:
-        files = sorted((data.run_dir / stage).glob("*.parquet"))
+        files = sorted((data.run_dir / stage_dir(stage)).glob("*.parquet"))
         n = 0
         for f in files:
             try:
