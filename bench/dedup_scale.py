@@ -162,45 +162,129 @@ def synthesise(n: int, seed: int = 0, n_proto: int = 3000):
     return t, truth
 
 
-def run_one(n: int) -> None:
-    import gc
-
-    from filters.image import NEAR_SIG_BYTES
-    from stages.dedup import DedupConfig, compute_dups
+def write_corpus(n: int, out: str, shard_rows: int) -> None:
+    """Synthesise n rows and write them as parquet shards plus the planted truth (own process,
+    so the dedup process starts clean)."""
+    import pyarrow.parquet as pq
 
     t0 = time.perf_counter()
     t, truth = synthesise(n)
-    gc.collect()
-    synth_s = time.perf_counter() - t0
+    os.makedirs(out, exist_ok=True)
+    for i, s in enumerate(range(0, n, shard_rows)):
+        pq.write_table(t.slice(s, shard_rows), os.path.join(out, f"{i:05d}.parquet"), compression="zstd")
+    url = np.array([int(u.rsplit("/", 1)[1].split(".")[0]) for u in t.column("url").to_pylist()])
+    sha = np.array([int(x, 16) for x in t.column("sha256").to_pylist()])
+    np.savez(os.path.join(out, "truth.npz"), copy=truth["copy"], src=truth["src"], url=url, sha=sha)
+    print(f"N={n:,}: synthesised and written in {time.perf_counter() - t0:.0f}s", flush=True)
+
+
+def _tree_peaks() -> list[tuple[str, float]]:
+    """(name, VmHWM GB) of every process this one started (the local Ray: gcs, raylet, workers)."""
+    import psutil
+
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            with open(f"/proc/{p.pid}/status") as f:
+                hwm = next((int(line.split()[1]) / 1e6 for line in f if line.startswith("VmHWM:")), float("nan"))
+            out.append((p.name()[:24], hwm))
+        except (OSError, psutil.Error):
+            continue
+    return out
+
+
+def _truth_groups(n: int, truth) -> np.ndarray:
+    """Component per row of the planted relations (copy-source, repeated URL, repeated image)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    a, b = [truth["copy"]], [truth["src"]]
+    for key in (truth["url"], truth["sha"]):
+        o = np.argsort(key, kind="stable")
+        same = key[o][1:] == key[o][:-1]
+        a.append(o[1:][same])
+        b.append(o[:-1][same])
+    a, b = np.concatenate(a), np.concatenate(b)
+    return connected_components(coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n)), directed=False)[1]
+
+
+def run_one(n: int, data: str, distributed: bool, workers: int, object_store_gb: float) -> None:
+    import glob
+
+    from filters.image import NEAR_SIG_BYTES
+    from stages.dedup import REASONS, DedupConfig, FileSource, run_dedup
+
+    source = FileSource(sorted(glob.glob(os.path.join(data, "*.parquet"))))
+    mapper = None
+    if distributed:
+        import ray
+
+        from pipeline.dedup_ray import RayMapper
+
+        ray.init(num_cpus=workers, object_store_memory=int(object_store_gb * 2**30), include_dashboard=False,
+                 configure_logging=False, runtime_env={"env_vars": {"PYTHONPATH": os.path.dirname(
+                     os.path.dirname(os.path.abspath(__file__)))}})
+        mapper = RayMapper()
     base = _status("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:  # restart VmHWM from the current RSS
         f.write("5")
     cfg = DedupConfig(semantic_threshold=None)
     t1 = time.perf_counter()
-    reps, reason = compute_dups(t, cfg)
+    res = run_dedup(source, cfg, None, mapper)
     wall = time.perf_counter() - t1
     peak = _status("VmHWM")
-    uids = t.column("uid").to_numpy()
+    procs = _tree_peaks() if distributed else []
+    if distributed:
+        ray.shutdown()
+    truth = np.load(os.path.join(data, "truth.npz"))
+    uids = np.arange(n)
+    reps, _ = res.lookup(uids)
     c, s = truth["copy"], truth["src"]
     # A planted copy is caught when it and its source end in one group (either can represent).
     caught = float(np.mean(reps[c] == reps[s]))
-    kinds = {k: sum(r == k for r in reason) for k in sorted({r for r in reason if r})}
-    print(f"N={n:,}: dedup {wall:.1f}s ({n / wall:,.0f} rows/s); RSS before {base:.2f} GB (input table), "
-          f"peak during dedup {peak:.2f} GB; near_sig {NEAR_SIG_BYTES} B/row = {NEAR_SIG_BYTES * n / 1e9:.2f} GB; "
-          f"removed {int((reps != uids).sum()):,} {kinds}; planted near copies grouped with source {caught:.4f}; "
-          f"synthesis {synth_s:.0f}s", flush=True)
+    # 3% of rows repeat a random row's URL with another picture: a copy (or source) in such a
+    # group defers to the URL group's best row, so it cannot join its source's group.
+    _, url_n = np.unique(truth["url"], return_inverse=True)
+    tangled = (np.bincount(url_n)[url_n][c] > 1) | (np.bincount(url_n)[url_n][s] > 1)
+    clean = float(np.mean((reps[c] == reps[s])[~tangled]))
+    grp = _truth_groups(n, truth)
+    false = int((grp[res.uid] != grp[res.rep]).sum())
+    kinds = {REASONS[k]: int(v) for k, v in zip(*np.unique(res.reason, return_counts=True))}
+    worker_peaks = sorted((h for name, h in procs if name.startswith("ray::")), reverse=True)
+    others = {name: round(h, 2) for name, h in procs if not name.startswith("ray::")}
+    print(f"N={n:,} {'distributed, ' + str(workers) + ' workers' if distributed else 'one process'}: "
+          f"dedup {wall:.1f}s ({n / wall:,.0f} rows/s); driver RSS before {base:.2f} GB, peak {peak:.2f} GB; "
+          f"worker peaks (GB) {[round(h, 2) for h in worker_peaks]}; other Ray processes {others}; "
+          f"near_sig {NEAR_SIG_BYTES} B/row = {NEAR_SIG_BYTES * n / 1e9:.2f} GB; removed {len(res.uid):,} {kinds}; "
+          f"planted near copies grouped with source {caught:.4f} (all {len(c):,}), {clean:.4f} "
+          f"({int((~tangled).sum()):,} not in a random-URL group); false merges {false} "
+          f"({false / n:.4%} of rows)", flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
+    ap.add_argument("--distributed", action="store_true", help="Ray tasks on a local Ray (else one process)")
+    ap.add_argument("--workers", type=int, default=2, help="Ray worker CPUs (--distributed)")
+    ap.add_argument("--object-store-gb", type=float, default=2.0, help="Ray object store; more spills to disk")
+    ap.add_argument("--data", default="/tmp/dedup_scale", help="where the synthetic shards are written (kept)")
+    ap.add_argument("--shard-rows", type=int, default=100_000)
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--write", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.write:
+        write_corpus(a.write, os.path.join(a.data, str(a.write)), a.shard_rows)
+        return
     if a.one:
-        run_one(a.one)
+        run_one(a.one, os.path.join(a.data, str(a.one)), a.distributed, a.workers, a.object_store_gb)
         return
     for n in a.rows:
-        subprocess.run([sys.executable, os.path.abspath(__file__), "--one", str(n)], check=True)
+        if not os.path.exists(os.path.join(a.data, str(n), "truth.npz")):
+            subprocess.run([sys.executable, os.path.abspath(__file__), "--write", str(n), "--data", a.data,
+                            "--shard-rows", str(a.shard_rows)], check=True)
+        cmd = [sys.executable, os.path.abspath(__file__), "--one", str(n), "--data", a.data,
+               "--workers", str(a.workers), "--object-store-gb", str(a.object_store_gb)]
+        subprocess.run(cmd + (["--distributed"] if a.distributed else []), check=True)
 
 
 if __name__ == "__main__":

@@ -80,14 +80,12 @@ class DedupConfig(BaseModel):
     # Near and semantic candidates are compared inside k-means buckets of about this many rows
     # (one bucket, i.e. exact search over all rows, up to this many); each row joins its
     # `bucket_probes` nearest buckets, so a pair split by a bucket border is still compared.
-    bucket_rows: int = Field(20_000, ge=2)
+    bucket_rows: int = Field(5_000, ge=2)
     bucket_probes: int = Field(2, ge=1, le=8)
     # Ray tasks (true), this process (false), or Ray when it is running and the run has at least
     # `distributed_min_rows` rows (auto). Both give the same decisions.
     distributed: bool | Literal["auto"] = "auto"
     distributed_min_rows: int = Field(1_000_000, ge=0)
-    # Kept so recipes written for the faiss-index choice still load; bucketing replaced it.
-    semantic_index: Literal["auto", "flat", "ivf", "clustered"] = "auto"
 
 
 # ---- sources: where map tasks read their shard ------------------------------------------------
