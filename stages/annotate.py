@@ -26,6 +26,7 @@ from filters.sensitive import measure_shares, share_exemptions
 from filters.text import CaptionCleaner, TextConfig
 from pipeline.config import AnnotateConfig
 from pipeline.stage import Resources, Stage
+from pipeline.store import atomic_write_json
 
 IMAGE_COLUMNS: dict[str, pa.DataType] = {
     "decode_ok": pa.bool_(), "decode_error": pa.string(), "image_format": pa.string(),
@@ -105,8 +106,8 @@ class AnnotateStage(Stage):
         c: AnnotateConfig = self.config
         if c.sensitive_lexicon == "":
             return None
-        # Names and PII are not needed to measure lexicon entries; the matcher sees the same
-        # text as in process() otherwise.
+        # The matcher sees the text it sees in process() (normalised, boilerplate removed, PII
+        # redacted); names are redacted after matching, so the name detector is not built.
         cleaner = CaptionCleaner(self.text_config(), names=False)
         matcher = cleaner.sensitive
         exempt: dict[str, tuple[int, float]] = {}
@@ -125,8 +126,6 @@ class AnnotateStage(Stage):
             if matcher else [],
             "exempt_share": [{"word": w, "captions": k, "share": sh} for w, (k, sh) in exempt.items()],
         }
-        from pipeline.store import atomic_write_json
-
         atomic_write_json(report, Path(self.run.workdir) / SENSITIVE_REPORT)
         if report["exempt_common"] or exempt:
             log.info("sensitive lexicon: %d everyday words exempted by jieba's counts (%s); %d by their "
