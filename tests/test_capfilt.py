@@ -236,7 +236,7 @@ def test_per_language_captioners_and_language_match():
     assert [c["text"] for c in caps[0]] == ["red", "red square"]
     assert [c["text"] for c in caps[1]] == ["蓝", "蓝色方块"]
     cands = out.column("capfilt_candidates").to_pylist()
-    assert cands[0][2] == {"text": "红色", "origin": "synthetic", "score": None}
+    assert cands[0][2] == {"text": "红色", "origin": "synthetic", "score": None, "scorer": None}
 
 
 def test_any_language_leaves_the_decoder_free():
@@ -521,7 +521,8 @@ def test_select_applies_the_keep_rules():
     assert cap.calls == calls
     # A per-filter override applies to the rows that filter scored.
     res = select(st.cfg.model_copy(update={"filter": st.cfg.filter.model_copy(update={"web_threshold": 0.95})}))
-    assert res.column("captions").to_pylist()[0] == [{"text": "red thing", "origin": "synthetic", "score": pytest.approx(0.8)}]
+    assert res.column("captions").to_pylist()[0] == [{"text": "red thing", "origin": "synthetic", "score": pytest.approx(0.8),
+                                                      "scorer": "stub"}]
 
 
 def test_select_needs_capfilt_columns_when_the_recipe_runs_capfilt():
