@@ -114,7 +114,10 @@ class _Source:
 
     def _open(self, cfg: InputConfig):
         if self.fmt == "parquet":
-            return pq.ParquetFile(self.path).iter_batches(batch_size=PARQUET_BATCH_ROWS)
+            # Column chunks read through a small buffer, not pre-buffered whole: a writer may
+            # have put the entire file in one row group.
+            return pq.ParquetFile(self.path, pre_buffer=False, buffer_size=1 << 20).iter_batches(
+                batch_size=PARQUET_BATCH_ROWS)
         if self.fmt in ("csv", "tsv"):
             # Everything as strings: a caption "2024" must stay text, not become an integer.
             # Serial reading, so a parse error carries its row number.
