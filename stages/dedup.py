@@ -40,6 +40,7 @@ from filters.dedup.near import (NEAR_MAX_CHROMA, NEAR_MAX_CROP, NEAR_MAX_DIFF, N
 from filters.dedup.semantic import semantic_bucket_pairs
 from filters.hashing import phash_to_uint64
 from filters.image import color_distance
+from pipeline.config import RUNTIME
 from pipeline.stage import Resources, Stage
 
 KEYS = ("url", "sha256", "caption", "caption_image")
@@ -83,9 +84,9 @@ class DedupConfig(BaseModel):
     bucket_rows: int = Field(5_000, ge=2)
     bucket_probes: int = Field(2, ge=1, le=8)
     # Ray tasks (true), this process (false), or Ray when it is running and the run has at least
-    # `distributed_min_rows` rows (auto). Both give the same decisions.
-    distributed: bool | Literal["auto"] = "auto"
-    distributed_min_rows: int = Field(1_000_000, ge=0)
+    # `distributed_min_rows` rows (auto). Both give the same decisions (RUNTIME: never a rerun).
+    distributed: bool | Literal["auto"] = Field("auto", json_schema_extra=RUNTIME)
+    distributed_min_rows: int = Field(1_000_000, ge=0, json_schema_extra=RUNTIME)
 
 
 # ---- sources: where map tasks read their shard ------------------------------------------------
