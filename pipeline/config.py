@@ -52,7 +52,8 @@ class DownloadConfig(Strict):
                                 "unspecified", "reserved"]] = []
     max_redirects: int = Field(5, ge=0, description="redirects followed per URL (reason too_many_redirects)")
     max_image_bytes: int | None = Field(50_000_000, gt=0, description="larger bodies fail with too_large")
-    resolve_threads: int = Field(16, ge=1, description="concurrent DNS look-ups in the pre-download check",
+    resolve_threads: int = Field(16, ge=1, description="unused: the pre-download check no longer resolves "
+                                 "names (the connect-time guard does); kept so recipes that set it load",
                                  json_schema_extra=RUNTIME)
 
 
