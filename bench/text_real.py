@@ -254,14 +254,20 @@ def main() -> None:
     ap.add_argument("--per-region", type=int, default=600)
     ap.add_argument("--lookalikes", type=int, default=400, help="rounds; each makes one of every kind")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--bare-phones", action="store_true",
+                    help="annotate.phone_bare_numbers: true (bare HK/MO/US numbers without a phone word)")
+    ap.add_argument("--forms", action="store_true", help="print recall per region and written form")
     args = ap.parse_args()
     rng = random.Random(args.seed)
-    red = PiiRedactor()
+    red = PiiRedactor(bare_phones=args.bare_phones)
     found_by_type: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # [true, all] redactions
 
     rec_region: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     rec_word: dict[tuple[str, bool], list[int]] = defaultdict(lambda: [0, 0])
     rec_form: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    # The one case the default rule leaves by design: a number with no country code, trunk 0,
+    # parentheses or spaced groups, and no phone word nearby (reads like a SKU).
+    rec_marked: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     misses: dict[str, list[str]] = defaultdict(list)
     phones = phone_cases(rng, args.per_region)
     for region, form, lang, cap, text in phones:
@@ -278,6 +284,11 @@ def main() -> None:
         rec_word[(region, worded)][1] += 1
         rec_form[(region, form)][0] += ok
         rec_form[(region, form)][1] += 1
+        bare = form.split(" +ext")[0] in ("national dashes", "national compact") \
+            and not text.startswith("0") and not worded
+        if not bare:
+            rec_marked[region][0] += ok
+            rec_marked[region][1] += 1
         if not ok and len(misses[region]) < 3:
             misses[region].append(f"{cap!r} -> {out!r}")
     print(f"phones: {len(phones)} captions, libphonenumber {pn.__version__} example numbers varied, "
@@ -288,6 +299,11 @@ def main() -> None:
         w = [f"{'with' if flag else 'without'} a phone word {a / b:.4f} ({a}/{b})"
              for flag in (True, False) for a, b in [rec_word[(region, flag)]] if b]
         print(f"  {region:<5} recall {k / m:.4f} ({k}/{m}); {'; '.join(w)}; worst form: {worst[1]} {worst[0]:.3f}")
+        a, b = rec_marked[region]
+        print(f"        written with a country code, trunk 0, parentheses, spaced groups or a phone "
+              f"word: {a / b:.4f} ({a}/{b})")
+        if args.forms:
+            print("        " + ", ".join(f"{f} {v:.3f}" for v, f in sorted(forms, key=lambda x: x[1])))
         for line in misses[region]:
             print(f"        missed: {line}")
 

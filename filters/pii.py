@@ -188,8 +188,9 @@ def _check_regions(regions: Iterable[str]) -> tuple[str, ...]:
 class PhoneFinder:
     """Spans of phone numbers in a text, confirmed by libphonenumber."""
 
-    def __init__(self, regions: Sequence[str] = DEFAULT_PHONE_REGIONS):
+    def __init__(self, regions: Sequence[str] = DEFAULT_PHONE_REGIONS, bare: bool = False):
         self.regions = _check_regions(regions)
+        self.bare = bare
         self._codes = {str(phonenumbers.country_code_for_region(r)) for r in self.regions}
         meta = {r: phonenumbers.PhoneMetadata.metadata_for_region(r) for r in self.regions}
         self._meta = {r: (m.country_code, m.national_prefix, m.national_prefix_for_parsing)
@@ -319,7 +320,7 @@ class PhoneFinder:
         # every other SKU or part number too: without a phone word nearby they stay. Trunk-0
         # landlines, mainland mobiles, country codes and phone groupings (`6123 4567`,
         # `(2821)2345`, `(201) 555-0123`, `201-555-0123`) speak for themselves.
-        if not intl and not cue and not d.startswith("0") and not _EXT_RE.match(text, e) \
+        if not self.bare and not intl and not cue and not d.startswith("0") and not _EXT_RE.match(text, e) \
                 and not (n[0].country_code == 86 and len(d) == 11 and d[0] == "1") \
                 and not d.startswith(str(n[0].country_code)) and not _phone_grouped(span):
             return None
@@ -401,7 +402,8 @@ class PiiRedactor:
 
     def __init__(self, types: Iterable[str] = ("url", "email", "id", "card", "phone", "ip"),
                  placeholders: dict[str, dict[str, str]] | None = None,
-                 regions: Sequence[str] = DEFAULT_PHONE_REGIONS, action: PiiAction = "placeholder"):
+                 regions: Sequence[str] = DEFAULT_PHONE_REGIONS, action: PiiAction = "placeholder",
+                 bare_phones: bool = False):
         unknown = set(types) - set(PII_TYPES)
         if unknown:
             raise ValueError(f"unknown PII types {sorted(unknown)}; known: {PII_TYPES}")
@@ -410,7 +412,7 @@ class PiiRedactor:
         self.types = tuple(types)
         self.action = action
         self.placeholders = placeholders or PLACEHOLDERS
-        self.phones = PhoneFinder(regions)
+        self.phones = PhoneFinder(regions, bare=bare_phones)
         steps: list[tuple[str, str, re.Pattern[str], Callable[[re.Match[str]], bool] | None]] = []
         if "url" in self.types:
             steps.append(("url", "url", URL_RE, None))

@@ -76,6 +76,7 @@ class TextConfig:
     redact_pii: bool = True
     pii_action: str = "placeholder"  # placeholder | remove | reject (filters/pii.py)
     phone_regions: tuple[str, ...] = DEFAULT_PHONE_REGIONS
+    phone_bare_numbers: bool = False  # also bare 8-digit HK/MO and 10-digit US numbers
     sensitive_lexicon: str | None = None  # None: filters/data/sensitive_default.txt; "" disables
     sensitive_action: str = "mask"  # mask | reject | tag
     sensitive_min_len: int = 2
@@ -247,7 +248,8 @@ class CaptionCleaner:
             sensitive = build_sensitive(cfg)
         self.sensitive: SensitiveMatcher | None = sensitive or None
         if pii is True:
-            pii = PiiRedactor(regions=cfg.phone_regions, action=cfg.pii_action) if cfg.redact_pii else None
+            pii = PiiRedactor(regions=cfg.phone_regions, action=cfg.pii_action,
+                              bare_phones=cfg.phone_bare_numbers) if cfg.redact_pii else None
         self.pii: PiiRedactor | None = pii or None
         if self.sensitive is not None and self.pii is not None:
             # Placeholders this redactor writes (custom ones included) are never matched into.

@@ -96,6 +96,7 @@ class AnnotateStage(Stage):
         return TextConfig(
             boilerplate_path=c.boilerplate, t2s=c.traditional_to_simplified, redact_pii=c.redact_pii,
             pii_action=c.pii_action, phone_regions=tuple(c.phone_regions),
+            phone_bare_numbers=c.phone_bare_numbers,
             sensitive_lexicon=c.sensitive_lexicon, sensitive_action=c.sensitive_action,
             sensitive_min_len=c.sensitive_min_len, sensitive_allowlist=tuple(c.sensitive_allowlist),
             sensitive_zh_boundaries=c.sensitive_zh_boundaries, redact_names=c.redact_names,

@@ -302,3 +302,30 @@ def test_select_stage_rejects_pii_only_when_annotate_says_reject():
 def test_phone_word_must_be_a_word():
     assert R.redact("call 2123-4567 now")[1] == {"phone": 1}
     assert R.redact("shop online 2123-4567 now")[1] == {}  # "online" is not "line"
+
+
+@pytest.mark.parametrize("text, number", [
+    ("門市地址：彌敦道123號 2123-4291", "2123-4291"),       # Hong Kong landline, dashes
+    ("6612-3550 24小时服务", "6612-3550"),                  # Macau mobile
+    ("Jenny 2015550123 - wedding photographer", "2015550123"),  # US, compact
+])
+def test_bare_national_numbers_need_the_switch(text, number):
+    # Written bare, with no phone word, these read like SKUs: left alone by default, redacted
+    # when the recipe says its captions carry such numbers (annotate.phone_bare_numbers).
+    assert ("phone", number) not in PiiRedactor().find(text)
+    assert ("phone", number) in PiiRedactor(bare_phones=True).find(text)
+
+
+def test_bare_number_switch_reaches_the_cleaner():
+    from filters.text import CaptionCleaner, TextConfig
+    from pipeline.config import AnnotateConfig
+    from stages.annotate import AnnotateStage
+
+    cfg = AnnotateConfig(phone_bare_numbers=True)
+    stage = AnnotateStage(cfg, None)
+    tc = stage.text_config()
+    assert tc.phone_bare_numbers is True
+    clean = CaptionCleaner(tc, names=None)
+    assert "2123-4291" not in clean.clean("門市地址：彌敦道123號 2123-4291")["caption"]
+    assert "2123-4291" in CaptionCleaner(TextConfig(), names=None).clean(
+        "門市地址：彌敦道123號 2123-4291")["caption"]
