@@ -84,7 +84,8 @@ def format_summary(s: dict) -> str:
     if s["failed_by_reason"]:
         out.append(f"  failed:   {part(s['failed_by_reason'])}")
     if "exported" in s:
-        out.append(f"  exported {s['exported']} samples to WebDataset in {len(s.get('export_shards', []))} tars; "
+        n_tars = len(s.get("export_shards", []))
+        out.append(f"  exported {s['exported']} samples to WebDataset in {n_tars} tar{'' if n_tars == 1 else 's'}; "
                    f"manifest rows {s['manifest_rows']}"
                    + (f"; {s['export_failed']} kept rows failed to encode (export_error)" if s.get("export_failed") else ""))
     return "\n".join(out)
