@@ -19,7 +19,7 @@ from pipeline.report import build_report, load_rounds
 from pipeline.report_thumbs import make_thumb, write_thumbs
 
 CHROMIUM = Path("/usr/bin/chromium")
-SECTIONS = ("funnel", "histograms", "samples", "capfilt", "rounds")
+SECTIONS = ("funnel", "histograms", "samples", "tags", "capfilt", "rounds")
 # A caption that runs script if it reaches the page unescaped: it would mark <body>.
 HOSTILE = ('<script>document.body.setAttribute("data-pwned","1")</script>'
            '<img src=x onerror="document.body.setAttribute(\'data-pwned\',\'1\')">\u202e evil " \' &amp;')
