@@ -101,28 +101,32 @@ def _mosaic(parts: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([luma.reshape(m, -1), tex, chroma.reshape(m, -1)], axis=1)
 
 
-def synthesise(n: int, seed: int = 0, n_proto: int = 3000):
+CHUNK_ROWS = 1_000_000
+
+
+def synthesise_chunk(n: int, lo: int, hi: int, proto: np.ndarray, rng: np.random.Generator):
+    """Rows [lo, hi) of an n-row corpus. Planted near copies and repeated images pair rows of the
+    same chunk (any two of its rows, so across its shards); repeated URLs point anywhere in n."""
     import pyarrow as pa
 
     from filters import dedup as D
     from filters.image import NEAR_CHROMA_GRID, NEAR_GRID, NEAR_SIG_BYTES
 
-    rng = np.random.default_rng(seed)
-    proto = render_signatures(n_proto, rng).astype(np.float32)
-    sigs = np.empty((n, NEAR_SIG_BYTES), np.uint8)
+    m_all = hi - lo
+    sigs = np.empty((m_all, NEAR_SIG_BYTES), np.uint8)
     chunk = 1 << 16
-    for s in range(0, n, chunk):
-        m = min(chunk, n - s)
+    for s in range(0, m_all, chunk):
+        m = min(chunk, m_all - s)
         mixed = _mosaic([_flipped(proto[rng.integers(0, len(proto), m)], rng) for _ in range(4)])
         mixed[:, :NEAR_GRID * NEAR_GRID] += rng.normal(0, 8, (m, 1)).astype(np.float32)
         sigs[s:s + m] = np.clip(np.round(mixed), 0, 255)
-    width = rng.integers(200, 1200, n)
-    height = np.round(width / rng.choice([0.75, 1.0, 1.333, 1.5], n)).astype(np.int64)
+    width = rng.integers(200, 1200, m_all)
+    height = np.round(width / rng.choice([0.75, 1.0, 1.333, 1.5], m_all)).astype(np.int64)
     # Planted near-duplicates: a crop of up to 6% per side, resized smaller.
     # Copies, their sources, exact image copies and their originals are disjoint rows, so no
     # later step overwrites what a planted pair was made from.
-    n_near, n_img = n // 20, n // 50
-    perm = rng.permutation(n)
+    n_near, n_img = m_all // 20, m_all // 50
+    perm = rng.permutation(m_all)
     copy, src = perm[:n_near], perm[n_near:2 * n_near]
     dup_img, orig = perm[2 * n_near:2 * n_near + n_img], perm[2 * n_near + n_img:2 * n_near + 2 * n_img]
     _, lm = D._interp_matrices(NEAR_GRID, D.NEAR_MAX_CROP)
@@ -141,56 +145,89 @@ def synthesise(n: int, seed: int = 0, n_proto: int = 3000):
         sigs[c, tex_end:] = np.clip(np.round(ch), 0, 255).reshape(len(c), -1)
         width[c] = width[r] * 3 // 4
         height[c] = height[r] * 3 // 4
-    url = np.arange(n)
-    sha = np.arange(n)
-    dup_url = rng.choice(n, n * 3 // 100, replace=False)
+    url = np.arange(lo, hi)
+    sha = np.arange(lo, hi)
+    dup_url = rng.choice(m_all, m_all * 3 // 100, replace=False)
     url[dup_url] = rng.integers(0, n, len(dup_url))
     sha[dup_img], sigs[dup_img] = sha[orig], sigs[orig]
     width[dup_img], height[dup_img] = width[orig], height[orig]
-    offsets = np.arange(0, (n + 1) * NEAR_SIG_BYTES, NEAR_SIG_BYTES, dtype=np.int64)
-    near_sig = pa.LargeBinaryArray.from_buffers(pa.large_binary(), n, [None, pa.py_buffer(offsets),
-                                                                       pa.py_buffer(sigs.reshape(-1))])
+    offsets = np.arange(0, (m_all + 1) * NEAR_SIG_BYTES, NEAR_SIG_BYTES, dtype=np.int64)
+    near_sig = pa.LargeBinaryArray.from_buffers(pa.large_binary(), m_all, [None, pa.py_buffer(offsets),
+                                                                           pa.py_buffer(sigs.reshape(-1))])
     t = pa.table({
-        "uid": np.arange(n, dtype=np.int64),
+        "uid": np.arange(lo, hi, dtype=np.int64),
         "url": pa.array([f"https://img.example.com/{u:09d}.jpg" for u in url]),
-        "decode_ok": np.ones(n, bool), "width": width, "height": height,
+        "decode_ok": np.ones(m_all, bool), "width": width, "height": height,
         "sha256": pa.array([f"{s:064x}" for s in sha]),
-        "caption_key": rng.integers(0, 1 << 62, n),
+        "caption_key": rng.integers(0, 1 << 62, m_all),
         "near_sig": near_sig,
     })
-    truth = {"copy": copy, "src": src}
+    truth = {"copy": copy + lo, "src": src + lo, "url": url, "sha": sha}
     return t, truth
 
 
-def write_corpus(n: int, out: str, shard_rows: int) -> None:
-    """Synthesise n rows and write them as parquet shards plus the planted truth (own process,
-    so the dedup process starts clean)."""
+def synthesise(n: int, seed: int = 0, n_proto: int = 3000):
+    """The whole corpus in memory (small n; write_corpus streams it chunk by chunk)."""
+    import pyarrow as pa
+
+    proto = render_signatures(n_proto, np.random.default_rng(seed)).astype(np.float32)
+    tables, truths = [], []
+    for i, lo in enumerate(range(0, n, CHUNK_ROWS)):
+        t, tr = synthesise_chunk(n, lo, min(n, lo + CHUNK_ROWS), proto, np.random.default_rng([seed, i]))
+        tables.append(t)
+        truths.append(tr)
+    truth = {k: np.concatenate([tr[k] for tr in truths]) for k in truths[0]}
+    return pa.concat_tables(tables), truth
+
+
+def _write_chunk(args) -> dict:
     import pyarrow.parquet as pq
 
+    n, i, lo, hi, proto, seed, out, shard_rows = args
+    t, truth = synthesise_chunk(n, lo, hi, proto, np.random.default_rng([seed, i]))
+    for s in range(0, t.num_rows, shard_rows):
+        pq.write_table(t.slice(s, shard_rows), os.path.join(out, f"{(lo + s) // shard_rows:05d}.parquet"),
+                       compression="zstd")
+    return truth
+
+
+def write_corpus(n: int, out: str, shard_rows: int, seed: int = 0, jobs: int = 2) -> None:
+    """Synthesise n rows chunk by chunk (`jobs` processes; 1M rows, about 1.5 GB of signatures,
+    in memory each) and write them as parquet shards plus the planted truth (own process, so the
+    dedup process starts clean)."""
+    from multiprocessing import get_context
+
+    if CHUNK_ROWS % shard_rows:
+        raise SystemExit(f"--shard-rows must divide {CHUNK_ROWS:,}")
     t0 = time.perf_counter()
-    t, truth = synthesise(n)
     os.makedirs(out, exist_ok=True)
-    for i, s in enumerate(range(0, n, shard_rows)):
-        pq.write_table(t.slice(s, shard_rows), os.path.join(out, f"{i:05d}.parquet"), compression="zstd")
-    url = np.array([int(u.rsplit("/", 1)[1].split(".")[0]) for u in t.column("url").to_pylist()])
-    sha = np.array([int(x, 16) for x in t.column("sha256").to_pylist()])
-    np.savez(os.path.join(out, "truth.npz"), copy=truth["copy"], src=truth["src"], url=url, sha=sha)
+    proto = render_signatures(3000, np.random.default_rng(seed)).astype(np.float32)
+    tasks = [(n, i, lo, min(n, lo + CHUNK_ROWS), proto, seed, out, shard_rows)
+             for i, lo in enumerate(range(0, n, CHUNK_ROWS))]
+    with get_context("spawn").Pool(min(jobs, len(tasks))) as pool:
+        truths = pool.map(_write_chunk, tasks, chunksize=1)
+    truth = {k: np.concatenate([tr[k] for tr in truths]) for k in truths[0]}
+    np.savez(os.path.join(out, "truth.npz"), **truth)
     print(f"N={n:,}: synthesised and written in {time.perf_counter() - t0:.0f}s", flush=True)
 
 
-def _tree_peaks() -> list[tuple[str, float]]:
-    """(name, VmHWM GB) of every process this one started (the local Ray: gcs, raylet, workers)."""
+def _tree_peaks() -> tuple[list[tuple[str, float]], float]:
+    """(name, VmHWM GB) of every process this one started (the local Ray: gcs, raylet, workers),
+    and the CPU seconds they used, including workers that already exited (their parent reaped
+    them, so they are in its children's times)."""
     import psutil
 
-    out = []
+    out, cpu = [], 0.0
     for p in psutil.Process().children(recursive=True):
         try:
             with open(f"/proc/{p.pid}/status") as f:
                 hwm = next((int(line.split()[1]) / 1e6 for line in f if line.startswith("VmHWM:")), float("nan"))
             out.append((p.name()[:24], hwm))
+            t = p.cpu_times()
+            cpu += t.user + t.system + t.children_user + t.children_system
         except (OSError, psutil.Error):
             continue
-    return out
+    return out, cpu
 
 
 def _truth_groups(n: int, truth) -> np.ndarray:
@@ -229,11 +266,16 @@ def run_one(n: int, data: str, distributed: bool, workers: int, object_store_gb:
     with open("/proc/self/clear_refs", "w") as f:  # restart VmHWM from the current RSS
         f.write("5")
     cfg = DedupConfig(semantic_threshold=None)
+    _, cpu_before = _tree_peaks()
+    own_before = sum(os.times()[:2])
     t1 = time.perf_counter()
     res = run_dedup(source, cfg, None, mapper)
     wall = time.perf_counter() - t1
     peak = _status("VmHWM")
-    procs = _tree_peaks() if distributed else []
+    procs, cpu_after = _tree_peaks()
+    # CPU seconds a row, over the driver and every Ray process: the cost figure that a loaded
+    # machine does not inflate the way it inflates wall time.
+    cpu = sum(os.times()[:2]) - own_before + cpu_after - cpu_before
     if distributed:
         ray.shutdown()
     truth = np.load(os.path.join(data, "truth.npz"))
@@ -247,17 +289,22 @@ def run_one(n: int, data: str, distributed: bool, workers: int, object_store_gb:
     _, url_n = np.unique(truth["url"], return_inverse=True)
     tangled = (np.bincount(url_n)[url_n][c] > 1) | (np.bincount(url_n)[url_n][s] > 1)
     clean = float(np.mean((reps[c] == reps[s])[~tangled]))
+    # The outcome a user sees: the planted pair is not both kept (one of them was removed, as a
+    # near copy of the other or for another duplicate key).
+    kept = np.ones(n, bool)
+    kept[res.uid] = False
+    deduped = float(np.mean(~(kept[c] & kept[s])))
     grp = _truth_groups(n, truth)
     false = int((grp[res.uid] != grp[res.rep]).sum())
     kinds = {REASONS[k]: int(v) for k, v in zip(*np.unique(res.reason, return_counts=True))}
     worker_peaks = sorted((h for name, h in procs if name.startswith("ray::")), reverse=True)
     others = {name: round(h, 2) for name, h in procs if not name.startswith("ray::")}
     print(f"N={n:,} {'distributed, ' + str(workers) + ' workers' if distributed else 'one process'}: "
-          f"dedup {wall:.1f}s ({n / wall:,.0f} rows/s); driver RSS before {base:.2f} GB, peak {peak:.2f} GB; "
+          f"dedup {wall:.1f}s ({n / wall:,.0f} rows/s; {cpu:.0f} CPU s = {1e6 * cpu / n:.0f} CPU us/row); driver RSS before {base:.2f} GB, peak {peak:.2f} GB; "
           f"worker peaks (GB) {[round(h, 2) for h in worker_peaks]}; other Ray processes {others}; "
           f"near_sig {NEAR_SIG_BYTES} B/row = {NEAR_SIG_BYTES * n / 1e9:.2f} GB; removed {len(res.uid):,} {kinds}; "
           f"planted near copies grouped with source {caught:.4f} (all {len(c):,}), {clean:.4f} "
-          f"({int((~tangled).sum()):,} not in a random-URL group); false merges {false} "
+          f"({int((~tangled).sum()):,} not in a random-URL group); planted pairs not both kept {deduped:.4f}; false merges {false} "
           f"({false / n:.4%} of rows)", flush=True)
 
 
@@ -269,11 +316,12 @@ def main() -> None:
     ap.add_argument("--object-store-gb", type=float, default=2.0, help="Ray object store; more spills to disk")
     ap.add_argument("--data", default="/tmp/dedup_scale", help="where the synthetic shards are written (kept)")
     ap.add_argument("--shard-rows", type=int, default=100_000)
+    ap.add_argument("--jobs", type=int, default=2, help="processes writing the synthetic corpus")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--write", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.write:
-        write_corpus(a.write, os.path.join(a.data, str(a.write)), a.shard_rows)
+        write_corpus(a.write, os.path.join(a.data, str(a.write)), a.shard_rows, jobs=a.jobs)
         return
     if a.one:
         run_one(a.one, os.path.join(a.data, str(a.one)), a.distributed, a.workers, a.object_store_gb)
@@ -281,7 +329,7 @@ def main() -> None:
     for n in a.rows:
         if not os.path.exists(os.path.join(a.data, str(n), "truth.npz")):
             subprocess.run([sys.executable, os.path.abspath(__file__), "--write", str(n), "--data", a.data,
-                            "--shard-rows", str(a.shard_rows)], check=True)
+                            "--shard-rows", str(a.shard_rows), "--jobs", str(a.jobs)], check=True)
         cmd = [sys.executable, os.path.abspath(__file__), "--one", str(n), "--data", a.data,
                "--workers", str(a.workers), "--object-store-gb", str(a.object_store_gb)]
         subprocess.run(cmd + (["--distributed"] if a.distributed else []), check=True)
