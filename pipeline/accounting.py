@@ -6,13 +6,23 @@ from pathlib import Path
 
 import duckdb
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from pipeline import storage
 from pipeline.store import atomic_write_json
 
 
 class AccountingError(RuntimeError):
     pass
+
+
+def connect(workdir) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection that reads the run's files, local or behind an fsspec URL (DuckDB
+    then reads through the same filesystem, credentials from the environment)."""
+    con = duckdb.connect()
+    wd = storage.wpath(workdir)
+    if storage.is_remote(wd):
+        con.register_filesystem(wd.fs)
+    return con
 
 
 def _count_uids(con: duckdb.DuckDBPyConnection, files: list[Path], src: str) -> tuple[int, int, int, int]:
@@ -23,7 +33,7 @@ def _count_uids(con: duckdb.DuckDBPyConnection, files: list[Path], src: str) -> 
     total = distinct = 0
     ranges = []
     for f in files:
-        uid = pq.read_table(f, columns=["uid"]).column("uid")
+        uid = storage.read_table(f, columns=["uid"]).column("uid")
         total += len(uid)
         distinct += pc.count_distinct(uid).as_py()
         if len(uid):
@@ -38,10 +48,10 @@ def _count_uids(con: duckdb.DuckDBPyConnection, files: list[Path], src: str) -> 
 
 
 def summarize(workdir: str | Path, n_input: int) -> dict:
-    wd = Path(workdir)
-    con = duckdb.connect()
+    wd = storage.wpath(workdir)
+    con = connect(wd)
     src = str(wd / "select" / "*.parquet")
-    total, distinct, lo, hi = _count_uids(con, sorted((wd / "select").glob("*.parquet")), src)
+    total, distinct, lo, hi = _count_uids(con, list(storage.files(wd / "select", "*.parquet")), src)
     rows = con.execute(f"SELECT decision, coalesce(reason, ''), count(*) FROM read_parquet('{src}') "
                        "GROUP BY ALL ORDER BY 1, 3 DESC, 2").fetchall()
     by: dict[str, dict[str, int]] = {"kept": {}, "rejected": {}, "failed": {}}
@@ -93,7 +103,7 @@ def format_summary(s: dict) -> str:
 
 def check_and_record(workdir: str | Path, n_input: int) -> dict:
     s = summarize(workdir, n_input)
-    atomic_write_json(s, Path(workdir) / "summary.json")
+    atomic_write_json(s, storage.wpath(workdir) / "summary.json")
     if not s["balanced"]:
         raise AccountingError("rows were lost or duplicated:\n" + format_summary(s))
     return s

@@ -170,6 +170,13 @@ def bootstrap(recipe: Recipe, raw: dict[str, Any], rounds: int | None = None) ->
     if bcfg.eval_split is None:
         raise ValueError("bootstrap.eval_split is required: a held-out parquet with image, captions_en, "
                          "captions_zh (mmcurate synth writes test/test.parquet)")
+    from pipeline import storage
+
+    if storage.is_remote(recipe.workdir):
+        # Training writes checkpoints with torch.save and reads them back by path.
+        raise ValueError(f"bootstrap trains models in its workdir, which must be a local folder, not "
+                         f"{recipe.workdir}; `mmcurate run` takes object-store URLs for input, workdir "
+                         "and export")
     root = Path(recipe.workdir)
     n = rounds or bcfg.rounds
     labels = Path(recipe.input.path).parent / "labels.parquet"

@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="discard this stage's outputs (and those after it) and recompute")
     r.add_argument("--executor", choices=["ray", "local"], help="override the recipe's executor")
     r.add_argument("--ray-address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
-    r.add_argument("--workdir", help="override the recipe's workdir")
+    r.add_argument("--workdir", help="override the recipe's workdir: a folder, or an object-store URL "
+                   "(s3://bucket/run; credentials and AWS_ENDPOINT_URL from the environment)")
     add_verbose_flag(r)
     r.set_defaults(func=_cmd_run)
 
@@ -88,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog='example: mmcurate query --run runs/demo/run "SELECT reason, count(*) '
                        'FROM manifest GROUP BY reason ORDER BY 2 DESC"')
     q.add_argument("sql")
-    q.add_argument("--run", default=".", help="the run's workdir (default: current directory)")
+    q.add_argument("--run", default=".", help="the run's workdir, a folder or URL (default: current directory)")
     q.add_argument("--max-rows", type=int, default=200)
     q.set_defaults(func=_cmd_query)
 

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import pyarrow as pa
-import pyarrow.parquet as pq
+
 from tqdm import tqdm
 
+from pipeline import storage
 from pipeline.stage import RunContext, Stage
 from pipeline.store import INPUT_DIR, ColumnStore, StoreError, atomic_write_json, atomic_write_parquet, shard_name
 
@@ -244,16 +245,16 @@ class _ShardWorker:
 # ---- failed shards: recorded in the run dir, accounted as failed rows, retried on the next run --
 
 def load_failed_shards(workdir: str | Path) -> list[dict]:
-    p = Path(workdir) / FAILED_SHARDS_FILE
+    p = storage.wpath(workdir) / FAILED_SHARDS_FILE
     return json.loads(p.read_text(encoding="utf-8")) if p.exists() else []
 
 
 def save_failed_shards(workdir: str | Path, records: list[dict]) -> None:
-    p = Path(workdir) / FAILED_SHARDS_FILE
+    p = storage.wpath(workdir) / FAILED_SHARDS_FILE
     if records:
         atomic_write_json(sorted(records, key=lambda r: (r["shard"], r["stage"])), p)
     elif p.exists():
-        p.unlink()
+        storage.remove(p)
 
 
 def shard_outputs(store: ColumnStore, stage: str, shard: int) -> list[Path]:
@@ -286,7 +287,7 @@ def reset_failed_shards(store: ColumnStore, stages: list[str], to_run: Iterable[
             every_shard = every_shard or (later != rec["stage"] and stage_class(later).prepare is not Stage.prepare)
             for shard in (store.shards() if every_shard else [rec["shard"]]):
                 for p in shard_outputs(store, later, shard):
-                    p.unlink(missing_ok=True)
+                    storage.remove(p)
     save_failed_shards(store.workdir, keep)
     return still_failed
 
@@ -323,7 +324,7 @@ def _null_like(schema: pa.Schema, uids: pa.Array, values: dict[str, pa.Array]) -
 def _sibling_schema(paths: Iterable[Path]) -> pa.Schema | None:
     for p in paths:
         if p.exists():
-            return pq.read_schema(p)
+            return storage.read_schema(p)
     return None
 
 
@@ -343,7 +344,7 @@ def write_failed_placeholders(store: ColumnStore, stage: str, provides: Iterable
     man_schema = _sibling_schema(man_dir / f"{shard_name(s)}.parquet" for s in store.shards()
                                  if s not in set(shards)) if stage == "export" else None
     for s in shards:
-        inp = pq.read_table(store.path(INPUT_DIR, s))
+        inp = storage.read_table(store.path(INPUT_DIR, s))
         uids, n = inp.column("uid").combine_chunks(), inp.num_rows
         failed = {"decision": pa.array(["failed"] * n, pa.string()),
                   "reason": pa.array([SHARD_ERROR] * n, pa.string())}

@@ -35,10 +35,38 @@ def field_role(model: type[BaseModel], name: str) -> str | None:
     return extra.get("fingerprint") if isinstance(extra, dict) else None  # type: ignore[return-value]
 
 
-def path_digest(value: str) -> str | None:
-    """Digest of the local file or folder `value` names, or None when it names none."""
-    if not value or "://" in value or "\n" in value or len(value) > 4096:
+# URLs of these schemes name objects; their listing (sizes, ETags) stands for their content.
+OBJECT_STORE_SCHEMES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "memory"}
+
+
+def _object_digest(value: str) -> str | None:
+    """Sizes and ETags (or modification times) of the object or objects under a URL: an object
+    store keeps them, so no byte is read. None when the URL names nothing."""
+    from pipeline.storage import wpath
+
+    try:
+        p = wpath(value)
+        found = p.fs.find(p.path, detail=True, withdirs=False)
+    except (OSError, ValueError, ImportError):
         return None
+    if not found:
+        return None
+    h = hashlib.sha256()
+    for name in sorted(found):
+        info = found[name]
+        tag = info.get("ETag") or info.get("etag") or info.get("md5Hash") or info.get("LastModified") \
+            or info.get("mtime") or info.get("updated") or ""
+        h.update(f"{name}\0{info.get('size')}\0{tag}\n".encode())
+    return "objects:" + h.hexdigest()
+
+
+def path_digest(value: str) -> str | None:
+    """Digest of the local file or folder (or object-store URL) `value` names, or None when it
+    names none."""
+    if not value or "\n" in value or len(value) > 4096:
+        return None
+    if "://" in value:
+        return _object_digest(value) if value.split("://", 1)[0].lower() in OBJECT_STORE_SCHEMES else None
     p = Path(value)
     try:
         if p.is_file():

@@ -21,8 +21,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
-import pyarrow.parquet as pq
 
+from pipeline import storage
 from pipeline.config import InputConfig
 from pipeline.store import INPUT_DIR, atomic_write_json, atomic_write_parquet, shard_name
 
@@ -40,7 +40,7 @@ class InputError(ValueError):
 
 
 def _files(cfg: InputConfig) -> list[tuple[Path, str]]:
-    p = Path(cfg.path)
+    p = storage.wpath(cfg.path)
     if not p.exists():
         raise InputError(f"input {p} does not exist; set input.path in the recipe")
     paths = sorted(x for x in p.iterdir() if x.suffix.lower() in FORMATS) if p.is_dir() else [p]
@@ -54,6 +54,11 @@ def _files(cfg: InputConfig) -> list[tuple[Path, str]]:
                              f"to one of parquet, csv, tsv, jsonl")
         out.append((f, fmt))
     return out
+
+
+def _readable(path):
+    """What pyarrow's CSV / JSON readers take: the local path, or an open file for a URL."""
+    return path.open("rb") if storage.is_remote(path) else path
 
 
 def _check_utf8(path: Path) -> None:
@@ -116,13 +121,13 @@ class _Source:
         if self.fmt == "parquet":
             # Column chunks read through a small buffer, not pre-buffered whole: a writer may
             # have put the entire file in one row group.
-            return pq.ParquetFile(self.path, pre_buffer=False, buffer_size=1 << 20).iter_batches(
+            return storage.parquet_file(self.path, pre_buffer=False, buffer_size=1 << 20).iter_batches(
                 batch_size=PARQUET_BATCH_ROWS)
         if self.fmt in ("csv", "tsv"):
             # Everything as strings: a caption "2024" must stay text, not become an integer.
             # Serial reading, so a parse error carries its row number.
             return pacsv.open_csv(
-                self.path, read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES, use_threads=False),
+                _readable(self.path), read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES, use_threads=False),
                 parse_options=_csv_parse(self.fmt),
                 convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in self.schema.names},
                                                      strings_can_be_null=False))
@@ -130,7 +135,7 @@ class _Source:
         # followed by text is one column, not a type change.
         known = pa.schema([f if f.name not in (cfg.url_col, cfg.caption_col) else pa.field(f.name, pa.string())
                            for f in self.schema])
-        return pajson.open_json(self.path, read_options=pajson.ReadOptions(block_size=JSON_BLOCK_BYTES),
+        return pajson.open_json(_readable(self.path), read_options=pajson.ReadOptions(block_size=JSON_BLOCK_BYTES),
                                 parse_options=pajson.ParseOptions(explicit_schema=known,
                                                                   unexpected_field_behavior="infer"))
 
@@ -145,16 +150,16 @@ def _open_source(path: Path, fmt: str) -> _Source:
         raise InputError(f"{path} is empty; a URL list needs a header/columns and at least one row")
     try:
         if fmt == "parquet":
-            pf = pq.ParquetFile(path)
+            pf = storage.parquet_file(path)
             if pf.metadata.num_rows == 0:
                 raise InputError(f"{path} has no rows")
             return _Source(path, fmt, pf.schema_arrow)
         _check_utf8(path)
         if fmt in ("csv", "tsv"):
-            names = pacsv.open_csv(path, parse_options=_csv_parse(fmt),
+            names = pacsv.open_csv(_readable(path), parse_options=_csv_parse(fmt),
                                    read_options=pacsv.ReadOptions(block_size=1 << 16, use_threads=False)).schema.names
             return _Source(path, fmt, pa.schema([(n, pa.string()) for n in names]))
-        reader = pajson.open_json(path, read_options=pajson.ReadOptions(block_size=JSON_BLOCK_BYTES))
+        reader = pajson.open_json(_readable(path), read_options=pajson.ReadOptions(block_size=JSON_BLOCK_BYTES))
         return _Source(path, fmt, reader.schema)
     except InputError:
         raise

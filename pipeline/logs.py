@@ -46,7 +46,11 @@ _active: _Capture | None = None
 
 
 def log_path(workdir: str | Path) -> Path:
-    return Path(workdir) / LOG_FILE
+    """The log file this process writes: WORKDIR/logs/run.log, or for a workdir on an object
+    store (which cannot append) a local copy that `capture` uploads there when the command ends."""
+    from pipeline import storage
+
+    return storage.local_dir(workdir) / LOG_FILE
 
 
 class _ProjectOnly(logging.Filter):
@@ -122,8 +126,13 @@ def capture(workdir: str | Path, verbose: bool = False) -> Iterator[Path]:
     if _active is not None:  # an outer command already captures
         yield _active.path
         return
+    from pipeline import storage
+
     path = log_path(workdir)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remote = storage.wpath(workdir) / LOG_FILE.as_posix() if storage.is_remote(workdir) else None
+    if remote is not None and not path.exists() and remote.exists():
+        path.write_bytes(remote.read_bytes())  # a resume elsewhere continues the earlier log
     stream = open(path, "a", encoding="utf-8", errors="replace", buffering=1)
     file_handler = logging.StreamHandler(stream)
     file_handler.setFormatter(logging.Formatter(FILE_FORMAT))
@@ -133,12 +142,17 @@ def capture(workdir: str | Path, verbose: bool = False) -> Iterator[Path]:
             _swap_descriptors(stream, cap)
         _configure_logging(cap)
         _active = cap
-        yield path
+        yield remote if remote is not None else path
     finally:
         _active = None
         for undo in reversed(cap.undo):
             undo()
         stream.close()
+        if remote is not None:
+            try:
+                storage.publish_copy(path, remote)
+            except OSError as e:
+                print(f"warning: could not upload the log to {remote}: {e}; it stays at {path}", file=sys.stderr)
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import duckdb
 
+from pipeline import storage
 from pipeline.store import STAGE_DIRS
 
 SKIP = {"image", "jpg"}
@@ -14,8 +15,10 @@ NOT_STAGES = {"export", "download_raw", "report"}
 
 
 def connect(run_dir: str | Path) -> duckdb.DuckDBPyConnection:
-    wd = Path(run_dir)
+    wd = storage.wpath(run_dir)
     con = duckdb.connect()
+    if storage.is_remote(wd):  # DuckDB reads the URL through its fsspec filesystem
+        con.register_filesystem(wd.fs)
     views = []
     if any((wd / "export" / "manifest").glob("*.parquet")):
         con.execute(f"CREATE VIEW manifest AS SELECT * FROM read_parquet('{wd}/export/manifest/*.parquet', "

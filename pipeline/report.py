@@ -23,7 +23,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
+from pipeline import storage
 
 from filters.image_tags import TAG_RULES, UNSCORED
 from pipeline.report_sample import MAX_ROWS, Totals, group_key, load_rows
@@ -96,12 +96,12 @@ class RunData:
 
 def _read_file(f: Path, notes: list[str]) -> pa.Table | None:
     try:
-        schema = pq.read_schema(f)
+        schema = storage.read_schema(f)
         # Bytes (images, signatures such as near_sig) are never shown and are most of a row.
         keep = [x.name for x in schema if x.name not in SKIP_COLS and not x.name.endswith("_emb")
                 and not (pa.types.is_binary(x.type) or pa.types.is_large_binary(x.type)
                          or pa.types.is_fixed_size_binary(x.type))]
-        return pq.read_table(f, columns=keep)
+        return storage.read_table(f, columns=keep)
     except (pa.ArrowException, OSError) as e:
         notes.append(f"could not read {f} ({e.__class__.__name__}: {e}); its rows are missing from this report")
         return None
@@ -111,7 +111,7 @@ def _n_rows(files: list[Path]) -> int:
     n = 0
     for f in files:
         try:
-            n += pq.ParquetFile(f).metadata.num_rows
+            n += storage.parquet_file(f).metadata.num_rows
         except (pa.ArrowException, OSError):
             pass
     return n
@@ -174,7 +174,7 @@ def load_run(run_dir: str | Path, per_reason: int = 6, max_rows: int | None = No
     """The run's summary and rows: all rows up to `max_rows` (default report_sample.MAX_ROWS),
     else a sample with exact counts (pipeline/report_sample.py). One file or shard is read at
     a time."""
-    root = Path(run_dir)
+    root = storage.wpath(run_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"run directory {root} does not exist; pass the recipe's workdir")
     data_dir, note = _data_dir(root)
@@ -190,7 +190,7 @@ def load_run(run_dir: str | Path, per_reason: int = 6, max_rows: int | None = No
     manifest = sorted((data_dir / "export" / "manifest").glob("*.parquet"))
     rows, totals, source = None, None, "export manifest"
     try:
-        has_uid = bool(manifest) and "uid" in pq.read_schema(manifest[0]).names
+        has_uid = bool(manifest) and "uid" in storage.read_schema(manifest[0]).names
     except (pa.ArrowException, OSError):
         has_uid = False
     if has_uid:
@@ -255,7 +255,7 @@ def _stage_rows(data: RunData) -> list[tuple[str, int, int, Any]]:
         n = 0
         for f in files:
             try:
-                n += pq.ParquetFile(f).metadata.num_rows
+                n += storage.parquet_file(f).metadata.num_rows
             except (pa.ArrowException, OSError):
                 pass
         out.append((stage, len(files), n, seconds.get(stage, "")))
@@ -671,9 +671,12 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, samples_per
                  thumb_size: int = 128, thumb_quality: int = 70) -> Path:
     """Write the report for RUN_DIR to `out` (default RUN_DIR/report/index.html) with its
     thumbnails in a `thumbs/` folder beside it; returns the HTML path."""
-    root = Path(run_dir)
+    root = storage.wpath(run_dir)
     data = load_run(root, per_reason=samples_per_reason)
-    out_path = Path(out) if out else root / "report" / "index.html"
+    # A run on an object store gets its report built in a local folder, then uploaded beside
+    # the run (a browser opens it from there or from the local copy).
+    upload_to = root / "report" if out is None and storage.is_remote(root) else None
+    out_path = Path(out) if out else (storage.local_dir(upload_to) if upload_to else root / "report") / "index.html"
     if out_path.is_dir():
         out_path = out_path / "index.html"
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -690,4 +693,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, samples_per
     tmp = out_path.with_name(f".{out_path.name}.tmp")
     tmp.write_text(html, encoding="utf-8")
     tmp.replace(out_path)
+    if upload_to is not None:
+        storage.upload_dir(out_path.parent, upload_to)
+        return upload_to / "index.html"
     return out_path

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-import pyarrow.parquet as pq
+from pipeline import storage
 from PIL import Image, ImageDraw, ImageOps
 
 # The same default as annotate.max_pixels: above it a header alone can make us allocate GBs.
@@ -96,8 +96,8 @@ def write_thumbs(run_dir: str | Path, uids: Iterable[int], thumbs: Path, size: i
         name = f"{uid}.jpg" if status == "ok" else f"_{status}.jpg"
         out[uid] = Thumb(f"{rel}/{name}", status, w, h)
 
-    for shard in sorted((Path(run_dir) / "download").glob("*.parquet")) if wanted else []:
-        pf = pq.ParquetFile(shard)
+    for shard in storage.files(storage.wpath(run_dir) / "download", "*.parquet") if wanted else []:
+        pf = storage.parquet_file(shard)
         if "image" not in pf.schema_arrow.names:
             continue
         here = wanted.intersection(pf.read(columns=["uid"]).column("uid").to_pylist())

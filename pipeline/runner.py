@@ -4,11 +4,11 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline import storage
 from pipeline.accounting import check_and_record, format_summary
 from pipeline.config import Recipe
 from pipeline.executors import (LocalExecutor, RayExecutor, load_failed_shards, make_executor,
@@ -37,8 +37,7 @@ def _dirs(workdir: Path, name: str) -> list[Path]:
 
 
 def _has_outputs(workdir: Path, name: str) -> bool:
-    return any(d.is_dir() and any(p.is_file() and p.name != FINGERPRINT for p in d.rglob("*"))
-               for d in _dirs(workdir, name))
+    return any(any(p.name != FINGERPRINT for p in storage.files(d, recursive=True)) for d in _dirs(workdir, name))
 
 
 def _shards_done(workdir: Path, name: str, n_shards: int) -> int:
@@ -130,14 +129,15 @@ def _apply(workdir: Path, stages: list[str], plan: _Plan) -> None:
         if name in plan.stale:
             log.info("stage %s: settings changed or redo asked; its outputs will be recomputed", name)
             for x in _dirs(workdir, name):
-                shutil.rmtree(x, ignore_errors=True)
+                storage.remove(x)
             if name == "download":
-                shutil.rmtree(workdir / "download_raw", ignore_errors=True)
+                storage.remove(workdir / "download_raw")
             if name == "select":
-                (workdir / "summary.json").unlink(missing_ok=True)
+                storage.remove(workdir / "summary.json")
         d.mkdir(parents=True, exist_ok=True)
         # Temp files of a killed run: their shard was never renamed into place, so it is redone.
-        for tmp in d.rglob(".*.tmp"):
+        # (An object store has none: an object is written whole or not at all.)
+        for tmp in storage.files(d, ".*.tmp", recursive=True):
             tmp.unlink()
         m = _marker(d)
         if m.get("fingerprint") != plan.fps[name] or (name not in plan.stale and "settings" not in m):
@@ -172,7 +172,7 @@ def run(recipe: Recipe, only: list[str] | None = None, redo: list[str] | None = 
     stage that is stale or unfinished raises RunOrderError before anything is touched; its
     message names the stages to run first (and `recipe_path`)."""
     t_start = time.perf_counter()
-    workdir = Path(recipe.workdir)
+    workdir = storage.wpath(recipe.workdir)
     stages = list(recipe.stages)
     for name in [*(only or []), *(redo or [])]:
         if name not in stages:

@@ -8,14 +8,12 @@ columns without touching image bytes or the GPU.
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from pathlib import Path
 from typing import Iterable
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from pipeline import storage
 from pipeline.config import RecipeError
 
 INPUT_DIR = "input"
@@ -33,19 +31,13 @@ def shard_name(shard: int) -> str:
     return f"{shard:05d}"
 
 
-def atomic_write_parquet(table: pa.Table, path: Path) -> None:
-    """Write to a temp file beside the target, then rename: a reader sees all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
+def atomic_write_parquet(table: pa.Table, path) -> None:
+    """A reader sees all or nothing: temp + rename locally, one PUT on an object store."""
+    storage.write_parquet(table, path)
 
 
-def atomic_write_json(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
+def atomic_write_json(obj: object, path) -> None:
+    storage.write_json(obj, path)
 
 
 class StoreError(RuntimeError):
@@ -60,7 +52,8 @@ class RunOrderError(StoreError, RecipeError):
 
 class ColumnStore:
     def __init__(self, workdir: str | Path, stages: Iterable[str]):
-        self.workdir = Path(workdir)
+        # A local Path, or a UPath for an object-store URL (pipeline/storage.py).
+        self.workdir = storage.wpath(workdir)
         # Input columns first, then each stage's, in pipeline order; a later stage may not
         # re-provide a column (that would make "which value is current" ambiguous).
         self.sources = [INPUT_DIR, *stages]
@@ -74,7 +67,7 @@ class ColumnStore:
     def shards(self) -> list[int]:
         return list(range(self.n_shards))
 
-    def path(self, source: str, shard: int) -> Path:
+    def path(self, source: str, shard: int):
         return self.workdir / stage_dir(source) / f"{shard_name(shard)}.parquet"
 
     def done(self, source: str, shard: int) -> bool:
@@ -89,7 +82,7 @@ class ColumnStore:
             p = self.path(src, 0)
             if not p.exists():
                 continue
-            for name in pq.read_schema(p).names:
+            for name in storage.read_schema(p).names:
                 if name != "uid":
                     cols.setdefault(name, src)
         return cols
@@ -109,10 +102,10 @@ class ColumnStore:
         for c in columns:
             if c in where:
                 by_src.setdefault(where[c], []).append(c)
-        base = pq.read_table(self.path(INPUT_DIR, shard), columns=["uid"])
+        base = storage.read_table(self.path(INPUT_DIR, shard), columns=["uid"])
         out = base
         for src, cols in by_src.items():
-            t = pq.read_table(self.path(src, shard), columns=["uid", *cols])
+            t = storage.read_table(self.path(src, shard), columns=["uid", *cols])
             if t.num_rows != base.num_rows or not t.column("uid").equals(base.column("uid")):
                 raise StoreError(f"{self.path(src, shard)} is not row-aligned with the input shard; "
                                  f"delete it and re-run stage {src!r}")

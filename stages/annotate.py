@@ -15,15 +15,14 @@ import hashlib
 import logging
 import math
 from collections.abc import Iterator
-from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from filters.hashing import caption_key
 from filters.image import inspect_image
 from filters.sensitive import measure_shares, share_exemptions
 from filters.text import CaptionCleaner, TextConfig
+from pipeline import storage
 from pipeline.config import AnnotateConfig
 from pipeline.stage import Resources, Stage
 from pipeline.store import atomic_write_json
@@ -60,7 +59,7 @@ def _sample_captions(store, limit: int) -> Iterator[object]:
     per_shard = math.ceil(limit / max(1, n_shards))
     for shard in range(n_shards):
         left = per_shard
-        pf = pq.ParquetFile(store.path("input", shard))
+        pf = storage.parquet_file(store.path("input", shard))
         for batch in pf.iter_batches(columns=["caption"], batch_size=min(8192, per_shard)):
             vals = batch.column(0).to_pylist()[:left]
             yield from vals
@@ -127,7 +126,7 @@ class AnnotateStage(Stage):
             if matcher else [],
             "exempt_share": [{"word": w, "captions": k, "share": sh} for w, (k, sh) in exempt.items()],
         }
-        atomic_write_json(report, Path(self.run.workdir) / SENSITIVE_REPORT)
+        atomic_write_json(report, storage.wpath(self.run.workdir) / SENSITIVE_REPORT)
         if report["exempt_common"] or exempt:
             log.info("sensitive lexicon: %d everyday words exempted by jieba's counts (%s); %d by their "
                      "share of %d captions (%s); see %s", len(report["exempt_common"]),

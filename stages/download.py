@@ -40,10 +40,10 @@ from typing import Any, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from filters.netguard import BLOCKED_PREFIX, BLOCKED_REASON, check_ip, url_host_port
+from pipeline import storage
 from pipeline.config import DownloadConfig, Recipe
 from pipeline.logs import third_party_output
 from pipeline.stage import Resources, Stage
@@ -122,7 +122,7 @@ class DownloadStage(Stage):
             path = out / f"{shard_name(s)}.parquet"
             if path.exists():
                 continue
-            t = pq.read_table(store.path(INPUT_DIR, s), columns=["uid", "url", "caption"])
+            t = storage.read_table(store.path(INPUT_DIR, s), columns=["uid", "url", "caption"])
             urls = t.column("url").to_pylist()
             checked: dict[tuple[str, int], str | None] = {}
             guard = []
@@ -191,11 +191,11 @@ class DownloadStage(Stage):
         )
 
     def _convert(self, store: ColumnStore, raw: Path, shard: int) -> pa.Table:
-        uids = pq.read_table(store.path(INPUT_DIR, shard), columns=["uid"]).column("uid")
+        uids = storage.read_table(store.path(INPUT_DIR, shard), columns=["uid"]).column("uid")
         path = raw / f"{shard_name(shard)}.parquet"
         if not path.exists():
             raise RuntimeError(f"img2dataset wrote no {path}; delete {raw} and re-run the download stage")
-        t = pq.read_table(path, columns=["uid", "status", "error_message", "jpg"])
+        t = storage.read_table(path, columns=["uid", "status", "error_message", "jpg"])
         t = t.sort_by("uid")
         got = t.column("uid")
         # Rows the downloader did not return are accounted for, never dropped.
@@ -206,7 +206,7 @@ class DownloadStage(Stage):
         errors = t.column("error_message").to_pylist()
         guarded = store.workdir / GUARDED_DIR / f"{shard_name(shard)}.parquet"
         if guarded.exists():  # the pre-check's reason replaces img2dataset's "unknown url type"
-            g = pq.read_table(guarded, columns=["uid", "guard_error"])
+            g = storage.read_table(guarded, columns=["uid", "guard_error"])
             if g.column("uid").equals(uids):
                 guard = g.column("guard_error").to_pylist()
                 errors = [ge or e for ge, e in zip(guard, errors)]
@@ -223,12 +223,16 @@ class DownloadStage(Stage):
 def _shard_bar(raw: Path, shards: list[int]) -> Iterator[None]:
     """A progress bar over the shards img2dataset has still to fetch: it writes a shard's
     `_stats.json` when the shard is done."""
-    todo = [p for p in (raw / f"{shard_name(s)}_stats.json" for s in shards) if not p.exists()]
+    def finished() -> set[str]:  # one listing, not one request a shard (an object store bills both)
+        return {p.name for p in storage.files(raw, "*_stats.json")}
+
+    todo = {f"{shard_name(s)}_stats.json" for s in shards} - finished()
     stop = threading.Event()
+    every = 5.0 if storage.is_remote(raw) else 0.5
     with tqdm(total=len(todo), desc="download", unit="shard") as bar:
         def watch() -> None:
-            while not stop.wait(0.5):
-                bar.update(sum(p.exists() for p in todo) - bar.n)
+            while not stop.wait(every):
+                bar.update(len(todo & finished()) - bar.n)
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
         try:
@@ -236,7 +240,7 @@ def _shard_bar(raw: Path, shards: list[int]) -> Iterator[None]:
         finally:
             stop.set()
             watcher.join()
-            bar.update(sum(p.exists() for p in todo) - bar.n)
+            bar.update(len(todo & finished()) - bar.n)
 
 
 def _check_literal_host(host: str, port: int, allow: Iterable[str]) -> str | None:

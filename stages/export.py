@@ -28,11 +28,11 @@ from typing import Any, BinaryIO, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image
 
 from filters.image import export_jpeg, to_rgb
 from filters.resize import resize_image
+from pipeline import storage
 from pipeline.config import ExportConfig
 from pipeline.stage import Resources, Stage
 from pipeline.store import atomic_write_json, atomic_write_parquet, shard_name, stage_dir
@@ -49,7 +49,7 @@ _OUTPUT_NAME = re.compile(r"^\d{5,}(\.tar|\.parquet|_stats\.json)$")
 
 def run_id(workdir: str | Path) -> str:
     """This run directory's id, drawn on first use and kept in run.json (resume keeps keys)."""
-    p = Path(workdir) / RUN_FILE
+    p = storage.wpath(workdir) / RUN_FILE
     if p.exists():
         return json.loads(p.read_text(encoding="utf-8"))["run_id"]
     rid = uuid.uuid4().hex[:10]
@@ -63,11 +63,11 @@ def sample_key(rid: str, uid: int) -> str:
 
 
 def export_dir(workdir: str | Path) -> Path:
-    return Path(workdir) / "export"
+    return storage.wpath(workdir) / "export"
 
 
 def state_dir(workdir: str | Path) -> Path:
-    return Path(workdir) / stage_dir("export")
+    return storage.wpath(workdir) / stage_dir("export")
 
 
 def shard_files(workdir: str | Path, shard: int) -> list[Path]:
@@ -140,11 +140,11 @@ class ExportStage(Stage):
 
     # ---- driver: the run-wide tar plan ---------------------------------------------------------
     def prepare(self, store) -> dict[str, Any]:
-        wd = Path(self.run.workdir)
-        for tmp in export_dir(wd).rglob(".*.tmp"):  # a killed run's partial files
+        wd = storage.wpath(self.run.workdir)
+        for tmp in storage.files(export_dir(wd), ".*.tmp", recursive=True):  # a killed run's partial files
             tmp.unlink()
-        for old in [*export_dir(wd).glob("[0-9]*.parquet"), export_dir(wd) / "_stage.json"]:
-            old.unlink(missing_ok=True)  # resume markers of the layout before `_export_state`
+        for old in [*storage.files(export_dir(wd), "[0-9]*.parquet"), export_dir(wd) / "_stage.json"]:
+            storage.remove(old)  # resume markers of the layout before `_export_state`
         cfg: ExportConfig = self.config
         by_bytes = cfg.bytes_per_shard is not None and "byte_size" in store.column_sources(upto=self.name)
         kept_per_shard: dict[int, int] = {}
@@ -173,14 +173,16 @@ class ExportStage(Stage):
         staged = state_dir(self.run.workdir) / "staged"
         staged.mkdir(parents=True, exist_ok=True)
         self._tar_final = staged / f"{shard_name(shard)}.tar"
-        self._tar_tmp = _tmp(self._tar_final)
+        self._tar_tmp = storage.staging_file(self._tar_final)
         self._tf = tarfile.open(self._tar_tmp, "w")
         self._rows: list[dict[str, Any]] = []
         self._manifest: list[pa.Table] = []
 
     def end_shard(self, shard: int) -> None:
         self._tf.close()
-        os.replace(self._tar_tmp, self._tar_final)
+        # The staged tar, its table and the manifest part first; the executor writes the shard's
+        # marker after them, and the marker's existence is what says the shard is done.
+        storage.publish_file(self._tar_tmp, self._tar_final)
         staged = pa.Table.from_pylist(self._rows, schema=TAR_TABLE_SCHEMA)
         atomic_write_parquet(staged.replace_schema_metadata(schema_metadata()), self._tar_final.with_suffix(".parquet"))
         atomic_write_parquet(pa.concat_tables(self._manifest),
@@ -268,7 +270,7 @@ class ExportStage(Stage):
 
     # ---- driver, after every shard: assemble the tars ------------------------------------------
     def finish(self, store) -> None:
-        wd = Path(self.run.workdir)
+        wd = storage.wpath(self.run.workdir)
         out_dir = export_dir(wd) / "shards"
         out_dir.mkdir(parents=True, exist_ok=True)
         staged = state_dir(wd) / "staged"
@@ -280,7 +282,7 @@ class ExportStage(Stage):
             if not (store.done(self.name, s) and p.exists()):
                 continue  # a shard that failed: its rows are accounted as failed, not exported
             self._ensure_manifest(store, s)
-            t = pq.read_table(p)
+            t = storage.read_table(p)
             names = t.column("tar").to_pylist()
             i = 0
             while i < len(names):  # rows come in tar order: each tar is a contiguous run
@@ -297,9 +299,9 @@ class ExportStage(Stage):
             stats[current] = self._write_tar(out_dir, staged, current, pending)
         self._close_staged()
         keep = {Path(n).stem for n in stats}
-        for f in out_dir.iterdir():  # tars of an earlier plan
+        for f in storage.files(out_dir):  # tars of an earlier plan
             if _OUTPUT_NAME.match(f.name) and f.name.split(".")[0].split("_")[0] not in keep:
-                f.unlink()
+                storage.remove(f)
         sizes = {name: st["successes"] for name, st in stats.items()}
         atomic_write_json(sizes, out_dir / SIZES_FILE)
         atomic_write_json({"__kind__": "wids-shard-index-v1", "wids_version": 1,
@@ -315,7 +317,7 @@ class ExportStage(Stage):
         available = list(store.column_sources(upto=self.name))
         self.needed_columns(available)
         t = store.read(shard, [c for c in self._manifest_cols if c in available], upto=self.name)
-        marker = pq.read_table(store.path(self.name, shard))
+        marker = storage.read_table(store.path(self.name, shard))
         for c in self.provides:
             t = t.append_column(c, marker.column(c))
         if self._drop_caption:
@@ -330,12 +332,12 @@ class ExportStage(Stage):
             self._close_staged()
             path = staged / f"{shard_name(shard)}.tar"
             spans: dict[str, tuple[int, int]] = {}
-            with tarfile.open(path, "r:") as tf:
+            with path.open("rb") as f, tarfile.open(fileobj=f, mode="r:") as tf:
                 for m in tf.getmembers():
                     end = m.offset_data + -(-m.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
                     start = spans.get(m.name.split(".", 1)[0], (m.offset, end))[0]
                     spans[m.name.split(".", 1)[0]] = (start, end)
-            self._open_staged = cur = (shard, open(path, "rb"), spans)
+            self._open_staged = cur = (shard, path.open("rb"), spans)
         return cur[1], cur[2]
 
     def _close_staged(self) -> None:
@@ -355,7 +357,7 @@ class ExportStage(Stage):
             old = json.loads(stats_path.read_text(encoding="utf-8"))
             if old.get("content") == content:
                 return old
-        tmp = _tmp(tar_path)
+        tmp = storage.staging_file(tar_path)
         # Whole member blocks are copied as staged (headers included): no re-encoding, and the
         # same samples give the same bytes.
         with open(tmp, "wb") as dst:
@@ -372,7 +374,8 @@ class ExportStage(Stage):
                     src.seek(start)
                     dst.write(src.read(end - start))
             dst.write(b"\0" * (2 * tarfile.BLOCKSIZE))  # end-of-archive marker
-        os.replace(tmp, tar_path)
+        n_bytes = os.path.getsize(tmp)
+        storage.publish_file(tmp, tar_path)
         atomic_write_parquet(rows, tar_path.with_suffix(".parquet"))
         counts: dict[str, int] = {}
         for st in status:
@@ -382,7 +385,7 @@ class ExportStage(Stage):
             errors[e.split(":")[0]] = errors.get(e.split(":")[0], 0) + 1
         st = {"tar": name, "count": rows.num_rows, "successes": counts.get("success", 0),
               "failed_to_resize": rows.num_rows - counts.get("success", 0), "status_dict": counts,
-              "error_types": errors, "bytes": tar_path.stat().st_size, "schema_version": SCHEMA_VERSION,
+              "error_types": errors, "bytes": n_bytes, "schema_version": SCHEMA_VERSION,
               "content": content}
         atomic_write_json(st, stats_path)  # last: its presence with this content marks the tar done
         return st
