@@ -145,3 +145,19 @@ def test_demo_recipe_on_s3_killed_and_resumed(s3_server, corpus, tmp_path):
     assert str(build_report(wd)) == f"{wd}/report/index.html"
     html = fs.cat(f"{root}/report/index.html").decode()
     assert str(ref["kept"]) in html and fs.find(f"{root}/report/thumbs")
+
+
+def test_input_fingerprint_follows_the_object(s3_server):
+    """A URL list rewritten in place (same size, other bytes) is another input: the run refuses
+    the old workdir instead of mixing rows (the ETag changes, no byte is read)."""
+    from pipeline.fingerprint import path_digest
+
+    fs, _ = s3_server
+    key = f"{BUCKET}/fp/urls.csv"
+    fs.pipe(key, b"url,caption\nhttp://a/1.jpg,one\n")
+    first = path_digest(f"s3://{key}")
+    assert first and first == path_digest(f"s3://{key}")
+    fs.pipe(key, b"url,caption\nhttp://a/2.jpg,one\n")
+    assert path_digest(f"s3://{key}") not in (None, first)
+    assert path_digest(f"s3://{BUCKET}/fp/") != first  # a folder: every object under it
+    assert path_digest(f"s3://{BUCKET}/missing.csv") is None
