@@ -36,7 +36,7 @@ test: install browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: install
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow and not s3" $(PYTEST_ARGS)
 
 clean:
 	rm -rf runs/demo .pytest_cache
