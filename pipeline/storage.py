@@ -54,11 +54,6 @@ def wpath(p: Any):
     return Path(s[len("file://"):] if s.startswith("file://") else s)
 
 
-def join(base: Any, *parts: str) -> str:
-    """A child of a local path or URL, as a string (for settings that hold paths)."""
-    return str(wpath(base).joinpath(*parts))
-
-
 def exists(p: Any) -> bool:
     return wpath(p).exists()
 
