@@ -62,7 +62,8 @@ def summarize(workdir: str | Path, n_input: int) -> dict:
                "rejected_by_reason": by["rejected"], "failed_by_reason": by["failed"]}
     manifest = wd / "export" / "manifest"
     if manifest.exists():
-        # A kept row is exported, or has export_error (its image would not encode).
+        # A kept row is exported, or has export_error (its image would not encode, or its export
+        # shard failed: shard_error).
         m_total, m_kept, exported, export_failed = con.execute(
             f"SELECT count(*), count(*) FILTER (decision = 'kept'), count(*) FILTER (exported), "
             f"count(*) FILTER (decision = 'kept' AND NOT coalesce(exported, false) AND export_error IS NOT NULL) "
@@ -97,7 +98,8 @@ def format_summary(s: dict) -> str:
         n_tars = len(s.get("export_shards", []))
         out.append(f"  exported {s['exported']} samples to WebDataset in {n_tars} tar{'' if n_tars == 1 else 's'}; "
                    f"manifest rows {s['manifest_rows']}"
-                   + (f"; {s['export_failed']} kept rows failed to encode (export_error)" if s.get("export_failed") else ""))
+                   + (f"; {s['export_failed']} kept rows not exported (export_error: an image that would not "
+                      "encode, or shard_error)" if s.get("export_failed") else ""))
     return "\n".join(out)
 
 

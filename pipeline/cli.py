@@ -32,7 +32,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         summary = run(recipe, only=args.stage, redo=args.redo, recipe_path=args.recipe)
     if summary and summary.get("failed_shards"):
         print(f"warning: {len(summary['failed_shards'])} shard(s) failed and are accounted as failed "
-              "(reason shard_error); run the same command again to retry them", file=sys.stderr)
+              "(reason shard_error; in export: kept, not exported, export_error shard_error); "
+              "run the same command again to retry them", file=sys.stderr)
         print(f"full log: {log_file}")
         return 4
     if summary is None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from tqdm import tqdm
 
@@ -332,17 +333,20 @@ def write_failed_placeholders(store: ColumnStore, stage: str, provides: Iterable
     """Outputs for shards that failed in this stage or an earlier one, so every row is accounted
     for and later stages see the same columns in every shard:
     select writes decision=failed, reason=shard_error; export writes its marker and a manifest
-    part (no tar); any other stage writes its columns as nulls (schema of a finished shard)."""
-    shards = [s for s in shards if not store.done(stage, s)]
+    part (no tar) that keep select's decisions, a kept row carrying export_error=shard_error
+    (kept, not exported: the next run retries it); any other stage writes its columns as nulls
+    (schema of a finished shard)."""
+    shards = store.pending(stage, shards)
     if not shards:
         return
-    finished = [store.path(stage, s) for s in store.shards() if s not in set(shards)]
+    skip = set(shards)
+    finished = [store.path(stage, s) for s in store.shards() if s not in skip]
     schema = _sibling_schema(finished)
     if schema is None:  # every shard failed: nothing to borrow, only the stage's own names
         schema = pa.schema([("uid", pa.int64()), *[(c, pa.string()) for c in provides]])
     man_dir = store.workdir / "export" / "manifest"
     man_schema = _sibling_schema(man_dir / f"{shard_name(s)}.parquet" for s in store.shards()
-                                 if s not in set(shards)) if stage == "export" else None
+                                 if s not in skip) if stage == "export" else None
     for s in shards:
         inp = storage.read_table(store.path(INPUT_DIR, s))
         uids, n = inp.column("uid").combine_chunks(), inp.num_rows
@@ -350,11 +354,26 @@ def write_failed_placeholders(store: ColumnStore, stage: str, provides: Iterable
                   "reason": pa.array([SHARD_ERROR] * n, pa.string())}
         values = dict(failed) if stage == "select" else {}
         if stage == "export":
-            values = {"exported": pa.array([False] * n, pa.bool_())}
-            base = {c: inp.column(c).combine_chunks() for c in inp.column_names if c != "uid"} | failed
+            decided = _select_decisions(store, s, uids) or failed
+            kept = pc.equal(decided["decision"], "kept").fill_null(False)
+            values = {"exported": pa.array([False] * n, pa.bool_()),
+                      "export_error": pc.if_else(kept, SHARD_ERROR, pa.scalar(None, pa.string()))}
+            base = {c: inp.column(c).combine_chunks() for c in inp.column_names if c != "uid"} | decided | values
             man = man_schema or pa.schema([("uid", pa.int64()), *[(c, a.type) for c, a in base.items()]])
             atomic_write_parquet(_null_like(man, uids, base), man_dir / f"{shard_name(s)}.parquet")
         atomic_write_parquet(_null_like(schema, uids, values), store.path(stage, s))
+
+
+def _select_decisions(store: ColumnStore, shard: int, uids: pa.Array) -> dict[str, pa.Array] | None:
+    """select's decision and reason for a shard, row-aligned with the input; None if select has
+    not written it."""
+    path = store.path("select", shard)
+    if not path.exists():
+        return None
+    t = storage.read_table(path, columns=["uid", "decision", "reason"])
+    if not t.column("uid").combine_chunks().equals(uids):
+        raise StoreError(f"{path} is not row-aligned with the input shard; delete it and re-run stage 'select'")
+    return {"decision": t.column("decision").combine_chunks(), "reason": t.column("reason").combine_chunks()}
 
 
 def _project_root() -> str:

@@ -206,7 +206,7 @@ def run(recipe: Recipe, only: list[str] | None = None, redo: list[str] | None = 
             if name == "download":
                 done = stage.run_all(store, recipe, ray_connected=isinstance(ex, RayExecutor))
             else:
-                pending = [s for s in store.shards() if not store.done(name, s) and s not in failed]
+                pending = [s for s in store.pending(name) if s not in failed]
                 if not pending:
                     log.info("stage %s: all %d shards already done", name, store.n_shards)
                     write_failed_placeholders(store, name, stage.provides, failed)
@@ -223,8 +223,7 @@ def run(recipe: Recipe, only: list[str] | None = None, redo: list[str] | None = 
     finally:
         if own_executor:
             ex.shutdown()
-    if not (store.path("select", store.n_shards - 1).exists() and
-            all(store.done("select", s) for s in store.shards())):
+    if store.pending("select"):
         return None
     summary = check_and_record(workdir, meta["n_rows"])
     summary["seconds"] = round(time.perf_counter() - t_start, 1)
@@ -235,6 +234,8 @@ def run(recipe: Recipe, only: list[str] | None = None, redo: list[str] | None = 
     if not quiet:
         print(format_summary(summary))
         for r in summary["failed_shards"]:
+            what = ("its kept rows are not exported (export_error shard_error)" if r["stage"] == "export"
+                    else "its rows are failed/shard_error")
             print(f"  shard {r['shard']} failed in stage {r['stage']} ({r['attempts']} attempts): "
-                  f"{r['error'].splitlines()[0]}; its rows are failed/shard_error; run again to retry it")
+                  f"{r['error'].splitlines()[0]}; {what}; run again to retry it")
     return summary

@@ -94,12 +94,12 @@ class DownloadStage(Stage):
     def run_all(self, store: ColumnStore, recipe: Recipe, ray_connected: bool) -> list[dict]:
         """One result per pending shard, like an executor's map_shards: a shard img2dataset could
         not finish carries an `error` (the runner records it and accounts its rows as failed)."""
-        cfg: DownloadConfig = self.config
-        pending = [s for s in store.shards() if not store.done(self.name, s)]
+        pending = store.pending(self.name)
         if not pending:
             return []
         raw = store.workdir / RAW_DIR
-        if any(not (raw / f"{shard_name(s)}_stats.json").exists() for s in pending):
+        stats = {f.name for f in storage.files(raw, "*_stats.json")}
+        if any(f"{shard_name(s)}_stats.json" not in stats for s in pending):
             self._guard_inputs(store)
             self._img2dataset(store, recipe, raw, ray_connected)
         results: list[dict] = []

@@ -277,9 +277,11 @@ class ExportStage(Stage):
         stats: dict[str, dict] = {}
         pending: list[tuple[int, pa.Table]] = []
         current: str | None = None
+        done = store.done_shards(self.name)
+        staged_names = {f.name for f in storage.files(staged, "*.parquet")}
         for s in store.shards():
             p = staged / f"{shard_name(s)}.parquet"
-            if not (store.done(self.name, s) and p.exists()):
+            if not (s in done and p.name in staged_names):
                 continue  # a shard that failed: its rows are accounted as failed, not exported
             self._ensure_manifest(store, s)
             t = storage.read_table(p)

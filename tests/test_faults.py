@@ -117,3 +117,37 @@ def test_ray_worker_kills_and_a_bad_shard(faulty, local_run, corpus, tmp_path):
     (wd / PLAN).unlink()
     run(recipe_from_dict(recipe_dict(corpus, wd)), quiet=True)
     assert _manifest(wd).equals(want)
+
+
+def test_failing_export_shard_keeps_decisions_and_is_retried(faulty, local_run, corpus, tmp_path):
+    """An export shard that keeps failing (a full disk, an object store refusing the PUT) must not
+    turn select's decisions into failures nor unbalance the accounting: its kept rows stay kept,
+    are not exported, and carry export_error=shard_error until the next run exports them."""
+    ref_wd, ref = local_run
+    wd = tmp_path / "wd"
+    shutil.copytree(ref_wd, wd, ignore=shutil.ignore_patterns("export", "_export_state", "summary.json",
+                                                              FAILED_SHARDS_FILE))
+    write_plan(wd, "export", always_raise=[1])
+    recipe = recipe_from_dict(recipe_dict(corpus, wd))
+    s = run(recipe, quiet=True)
+
+    assert [(f["stage"], f["shard"]) for f in s["failed_shards"]] == [("export", 1)]
+    want = _manifest(ref_wd)
+    lost = _shard_rows(want, 1).filter(pc.field("decision") == "kept").num_rows
+    assert lost > 0
+    assert s["balanced"] and s["kept"] == ref["kept"] and s["rejected"] == ref["rejected"]
+    assert s["exported"] == ref["exported"] - lost and s["export_failed"] == ref["export_failed"] + lost
+    got = _manifest(wd)
+    bad, ref_bad = _shard_rows(got, 1), _shard_rows(want, 1)
+    assert bad.column("decision").equals(ref_bad.column("decision"))
+    assert bad.column("reason").equals(ref_bad.column("reason"))
+    kept = bad.filter(pc.field("decision") == "kept")
+    assert set(kept.column("export_error").to_pylist()) == {SHARD_ERROR}
+    assert not any(bad.column("exported").to_pylist())
+    tar_rows = {u for f in (wd / "export" / "shards").glob("*.parquet") for u in pq.read_table(f).column("uid").to_pylist()}
+    assert tar_rows and not set(range(SHARD, 2 * SHARD)) & tar_rows
+
+    (wd / PLAN).unlink()
+    s2 = run(recipe, quiet=True)
+    assert s2["failed_shards"] == [] and s2["exported"] == ref["exported"]
+    assert _manifest(wd).equals(want)

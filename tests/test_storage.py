@@ -72,3 +72,38 @@ def test_object_digest_changes_with_content():
     assert path_digest(url) not in (None, a)
     assert path_digest("memory://nowhere/x.csv") is None
     assert path_digest("https://example.com/x.csv") is None  # not an object store: a plain string
+
+
+def test_pending_shards_come_from_one_listing(root, monkeypatch):
+    """The runner asks which shards a stage still owes; on an object store that must be one
+    listing of the stage's folder, not one HEAD request a shard (serial round trips from the
+    driver: 100k shards would be minutes per stage)."""
+    import fsspec
+
+    from pipeline.store import ColumnStore, stage_dir
+
+    wd = storage.wpath(root)
+    storage.write_json({"n_shards": 40, "n_rows": 40}, wd / "input" / "meta.json")
+    t = pa.table({"uid": [0]})
+    for s in (0, 3, 17, 39):
+        storage.write_parquet(t, wd / "annotate" / f"{s:05d}.parquet")
+    storage.write_parquet(t, wd / stage_dir("export") / "00005.parquet")
+    storage.write_bytes(b"", wd / "annotate" / ".00004.parquet.tmp")  # a killed write is not done
+    store = ColumnStore(root, ["annotate", "export"])
+    calls = {"exists": 0, "info": 0}
+    if storage.is_remote(wd):
+        fs_cls = type(fsspec.filesystem("memory"))
+        for name in calls:
+            orig = getattr(fs_cls, name)
+            monkeypatch.setattr(fs_cls, name, lambda self, *a, _o=orig, _n=name, **k: (
+                calls.__setitem__(_n, calls[_n] + 1), _o(self, *a, **k))[1])
+    want = [s for s in range(40) if s not in (0, 3, 17, 39)]
+    assert store.pending("annotate") == want
+    assert store.pending("annotate", [39, 4, 3]) == [4]
+    assert store.pending("export") == [s for s in range(40) if s != 5]
+    assert store.pending("dedup") == list(range(40))
+    assert store.done_shards("annotate") == {0, 3, 17, 39}
+    listed = dict(calls)
+    assert all(store.done("annotate", s) == (s in (0, 3, 17, 39)) for s in range(40))
+    if storage.is_remote(wd):  # 5 listings cost a few calls; asking shard by shard costs 40 alone
+        assert sum(listed.values()) <= 10 and sum(calls.values()) - sum(listed.values()) >= 40, (listed, calls)
