@@ -13,8 +13,8 @@ so both give the same decisions by construction:
             edges. The driver joins the edges into components (memory follows the duplicates).
   near      map: the 8x8 summary of each signature, a uid-hashed sample trains k-means
             (`bucket_rows` rows a bucket); map: each row goes to its nearest bucket and the next
-            ones within `bucket_ratio` of its distance (at most `bucket_probes`) with its full
-            signature; reduce (a range of buckets a task): exact k-NN and
+            ones within `bucket_ratio` of its distance (at most `bucket_probes`; above 20k buckets
+            found through a two-level index, filters/dedup/buckets.py) with its full signature; reduce (a range of buckets a task): exact k-NN and
             verification inside each bucket. The driver builds stars from the verified edges.
   semantic  the same with the image embedding (SemDeDup: k-means, assign, compare within
             clusters in chunks), per CLIP model.
@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
+from filters.dedup.buckets import assign, build_index, kmeans
 from filters.dedup.core import best_first, edge_components, edge_stars
 from filters.dedup.exact import dup_of
 from filters.dedup.near import (NEAR_MAX_CHROMA, NEAR_MAX_CROP, NEAR_MAX_DIFF, NEAR_MAX_RMS, NEAR_MAX_TEXTURE,
@@ -323,7 +324,7 @@ class BucketSpec:
     cfg: DedupConfig
     rules: list | None
     exclude: Any = None  # sorted uids that take no part (already duplicates)
-    centroids: dict = field(default_factory=dict)  # group -> (first bucket id, centroids or None)
+    centroids: dict = field(default_factory=dict)  # group -> (first bucket id, BucketIndex or None)
     group: str | None = None  # partition and reduce one group (CLIP model) at a time
     width: int = 0  # payload bytes a row in that group
 
@@ -395,31 +396,6 @@ def _sample_map(source, shard: int, spec: BucketSpec, keep_below: float) -> dict
     return out
 
 
-def _assign(vec: np.ndarray, centroids: np.ndarray, probes: int, spherical: bool,
-            ratio: float = float("inf")) -> np.ndarray:
-    """Each row's nearest centroid, then the next ones at most `ratio` times as far, up to
-    `probes` in all; -1 pads the rest (exact, numpy: reproducible anywhere)."""
-    x = vec / np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-12) if spherical else vec
-    k = centroids.shape[0]
-    p = min(probes, k)
-    c64 = centroids.T.astype(np.float64)
-    c2 = (centroids.astype(np.float64) ** 2).sum(1)[None, :]
-    near = np.empty((len(x), p), np.int64)
-    # Row blocks keep the distance matrix near 64 MB whatever the number of buckets (10M rows
-    # have 2,000; a whole 100k-row shard at once would be 1.6 GB a copy).
-    step = max(1, (1 << 23) // k)
-    for s in range(0, len(x), step):
-        xs = x[s:s + step].astype(np.float64)
-        d = c2 - 2.0 * (xs @ c64) + (xs ** 2).sum(1)[:, None]
-        top = np.argpartition(d, p - 1, axis=1)[:, :p] if p < k else np.tile(np.arange(k), (len(xs), 1))
-        dt = np.take_along_axis(d, top, 1)
-        o = np.argsort(dt, axis=1, kind="stable")
-        top, dt = np.take_along_axis(top, o, 1), np.sqrt(np.maximum(np.take_along_axis(dt, o, 1), 0))
-        top[dt > ratio * dt[:, :1]] = -1
-        near[s:s + step] = top
-    return near
-
-
 def _partition_map(source, shard: int, spec: BucketSpec, reducer_of_bucket: np.ndarray,
                    n_parts: int) -> list[pa.Table]:
     """Rows of one shard sent to the reducers of their buckets, with payload and quality."""
@@ -436,7 +412,7 @@ def _partition_map(source, shard: int, spec: BucketSpec, reducer_of_bucket: np.n
             bucket_rows.append(m)
             buckets.append(np.full(len(m), first, np.int64))
             continue
-        near = _assign(vec[m], cents, spec.cfg.bucket_probes, spec.kind == "semantic", spec.cfg.bucket_ratio)
+        near = assign(vec[m], cents, spec.cfg.bucket_probes, spec.kind == "semantic", spec.cfg.bucket_ratio)
         joined = near.ravel() >= 0
         bucket_rows.append(np.repeat(m, near.shape[1])[joined])
         buckets.append(first + near.ravel()[joined])
@@ -506,8 +482,8 @@ def _buckets(mapper, source, spec: BucketSpec, shards: list[int]) -> tuple[pa.Ta
         cents = None
         if k > 1:
             u, v = np.concatenate(us), np.concatenate(vs)
-            cents = _kmeans(v[np.argsort(u)], k, spherical=spec.kind == "semantic")
-            k = cents.shape[0]
+            cents = build_index(kmeans(v[np.argsort(u)], k, spherical=spec.kind == "semantic"))
+            k = cents.k
         spec.centroids = {g: (0, cents)}
         spec.group = None if spec.kind == "near" else g
         spec.width = NEAR_SIG_BYTES if spec.kind == "near" else 4 * dim
@@ -523,16 +499,6 @@ def _buckets(mapper, source, spec: BucketSpec, shards: list[int]) -> tuple[pa.Ta
         quality += [q for _, q in results]
     edges_t = pa.concat_tables(edges) if edges else pa.table({"a": np.zeros(0, np.int64), "b": np.zeros(0, np.int64)})
     return edges_t, quality, n_cand
-
-
-def _kmeans(x: np.ndarray, k: int, spherical: bool) -> np.ndarray:
-    import faiss
-
-    k = min(k, len(x))
-    km = faiss.Kmeans(x.shape[1], k, niter=20, seed=0, spherical=spherical, max_points_per_centroid=256,
-                      verbose=False)
-    km.train(np.ascontiguousarray(x, np.float32))
-    return km.centroids.astype(np.float32)
 
 
 # ---- the whole step --------------------------------------------------------------------------

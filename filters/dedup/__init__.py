@@ -4,6 +4,7 @@
   exact.py     exact keys: URL, sha256, caption key, (caption, image) pair
   near.py      near-duplicate images: near_sig thumbnail signature, pHash fallback
   semantic.py  semantic duplicates: image-embedding cosine (SemDeDup-style clusters)
+  buckets.py   which k-means buckets a row joins (exact, or two-level above 20k centroids)
 
 The stage (stages/dedup.py) reads the columns and runs them in one process or on Ray.
 """
