@@ -317,12 +317,17 @@ def main() -> None:
     ap.add_argument("--data", default="/tmp/dedup_scale", help="where the synthetic shards are written (kept)")
     ap.add_argument("--shard-rows", type=int, default=100_000)
     ap.add_argument("--jobs", type=int, default=2, help="processes writing the synthetic corpus")
+    ap.add_argument("--exact-assign-max", type=int, help="use the two-level bucket index above this many "
+                    "buckets (default: filters/dedup/buckets.py's EXACT_ASSIGN_MAX, 20,000)")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--write", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.write:
         write_corpus(a.write, os.path.join(a.data, str(a.write)), a.shard_rows, jobs=a.jobs)
         return
+    if a.exact_assign_max is not None:  # the driver builds the index; tasks get it with their spec
+        from filters.dedup import buckets
+        buckets.EXACT_ASSIGN_MAX = a.exact_assign_max
     if a.one:
         run_one(a.one, os.path.join(a.data, str(a.one)), a.distributed, a.workers, a.object_store_gb)
         return
@@ -332,6 +337,8 @@ def main() -> None:
                             "--shard-rows", str(a.shard_rows), "--jobs", str(a.jobs)], check=True)
         cmd = [sys.executable, os.path.abspath(__file__), "--one", str(n), "--data", a.data,
                "--workers", str(a.workers), "--object-store-gb", str(a.object_store_gb)]
+        if a.exact_assign_max is not None:
+            cmd += ["--exact-assign-max", str(a.exact_assign_max)]
         subprocess.run(cmd + (["--distributed"] if a.distributed else []), check=True)
 
 

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
-from filters.dedup.buckets import assign, build_index, kmeans
+from filters.dedup.buckets import assign, train_index
 from filters.dedup.core import best_first, edge_components, edge_stars
 from filters.dedup.exact import dup_of
 from filters.dedup.near import (NEAR_MAX_CHROMA, NEAR_MAX_CROP, NEAR_MAX_DIFF, NEAR_MAX_RMS, NEAR_MAX_TEXTURE,
@@ -482,7 +482,7 @@ def _buckets(mapper, source, spec: BucketSpec, shards: list[int]) -> tuple[pa.Ta
         cents = None
         if k > 1:
             u, v = np.concatenate(us), np.concatenate(vs)
-            cents = build_index(kmeans(v[np.argsort(u)], k, spherical=spec.kind == "semantic"))
+            cents = train_index(v[np.argsort(u)], k, spherical=spec.kind == "semantic")
             k = cents.k
         spec.centroids = {g: (0, cents)}
         spec.group = None if spec.kind == "near" else g

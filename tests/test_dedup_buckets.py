@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from filters.dedup import buckets
-from filters.dedup.buckets import BucketIndex, assign, build_index, kmeans
+from filters.dedup.buckets import BucketIndex, assign, build_index, kmeans, train_index
 
 
 def _brute(x, c, probes, ratio):
@@ -68,3 +68,22 @@ def test_spherical_rows_are_compared_by_direction():
     a = assign(x, BucketIndex(c), 2, True)
     assert np.array_equal(a, assign(x * 7.5, BucketIndex(c), 2, True))
     assert np.array_equal(a, _brute(x / np.linalg.norm(x, axis=1, keepdims=True), c, 2, float("inf")))
+
+
+def test_hierarchical_training_gives_a_two_level_index_of_about_k_buckets():
+    rng = np.random.default_rng(4)
+    data = _clustered(rng, 80_000, 300, spread=1.0)
+    flat = train_index(data[:60_000], 200, False)
+    assert flat.coarse is None and flat.k == 200
+    idx = train_index(data[:60_000], 900, False, exact_max=500)
+    assert idx.coarse is not None and len(idx.coarse) == 30
+    assert abs(idx.k - 900) <= 30 and len(idx.cell_of) == idx.k and set(idx.cell_of) <= set(range(30))
+    x = data[60_000:]
+    copy = x + 0.05 * rng.normal(size=x.shape).astype(np.float32)
+    two = assign(x, idx, 4, False, 1.1)
+    exact = assign(x, BucketIndex(idx.centroids), 4, False, 1.1)
+    assert np.mean(two[:, 0] == exact[:, 0]) > 0.97
+    shares = [bool(set(a[a >= 0]) & set(b[b >= 0])) for a, b in zip(two, assign(copy, idx, 4, False, 1.1))]
+    assert np.mean(shares) > 0.995
+    # The buckets are balanced like flat k-means': no bucket holds a large share of the rows.
+    assert np.bincount(two[:, 0], minlength=idx.k).max() < 20 * len(x) / idx.k

@@ -103,7 +103,7 @@ def test_stage_on_a_column_store_same_with_ray(tmp_path, mapper):
 def test_two_level_assignment_agrees_across_paths(corpus, mapper, monkeypatch):
     """Above EXACT_ASSIGN_MAX buckets rows are assigned through the two-level index, built on the
     driver and shipped to the tasks: both paths still decide alike, and the planted pairs found
-    stay within a few of the exact assignment's (forced here with 30 buckets, 1 coarse probe)."""
+    stay within a few of the exact assignment's (forced here: 30 buckets in 6 coarse cells, 2 probed)."""
     from filters.dedup import buckets
 
     t, truth = corpus
@@ -111,7 +111,7 @@ def test_two_level_assignment_agrees_across_paths(corpus, mapper, monkeypatch):
     cfg = DedupConfig(semantic_threshold=None, bucket_rows=200, exact=["url", "sha256", "caption_image"])
     exact, _ = run_dedup(TableSource(t, 700), cfg).lookup(uids)
     monkeypatch.setattr(buckets, "EXACT_ASSIGN_MAX", 10)
-    monkeypatch.setattr(buckets, "COARSE_PROBES", 1)
+    monkeypatch.setattr(buckets, "COARSE_PROBES", 2)
     local = run_dedup(TableSource(t, 700), cfg)
     _same(local, run_dedup(TableSource(t, 1100), cfg, mapper=mapper))
     two, _ = local.lookup(uids)
