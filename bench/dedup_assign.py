@@ -32,7 +32,7 @@ def _cpu() -> float:
 
 def main() -> None:
     from bench.dedup_buckets import summaries
-    from filters.dedup.buckets import BucketIndex, assign, build_index, kmeans
+    from filters.dedup.buckets import BucketIndex, assign, build_index, kmeans, train_index
     from stages.dedup import DedupConfig
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -68,7 +68,14 @@ def main() -> None:
         t_build = time.perf_counter() - t1
         rows = np.concatenate([vec[c], vec[s]])
         out = {}
-        for name, idx in (("exact", BucketIndex(cents)), ("two-level", two_idx)):
+        schemes = [("exact", BucketIndex(cents)), ("two-level", two_idx)]
+        if how == "k-means":  # what the step trains above EXACT_ASSIGN_MAX: hierarchical k-means
+            t1 = time.perf_counter()
+            hier = train_index(vec[rng.choice(len(vec), min(len(vec), 256 * k), replace=False)], k, False, exact_max=0)
+            print(f"  hierarchical k-means for k={k:,}: {hier.k:,} buckets in {len(hier.coarse)} cells, "
+                  f"{time.perf_counter() - t1:.0f}s")
+            schemes += [("hierarchical", hier)]
+        for name, idx in schemes:
             c0 = _cpu()
             near = assign(rows, idx, cfg.bucket_probes, False, cfg.bucket_ratio)
             out[name] = (near, (_cpu() - c0) / len(rows) * 1e6)
@@ -79,6 +86,10 @@ def main() -> None:
               f"({ex_us / tw_us:.1f}x); nearest bucket found {np.mean(tw[:, 0] == ex[:, 0]):.4f}; pairs sharing a "
               f"bucket exact {share(ex[:n], ex[n:]):.4f}, two-level {share(tw[:n], tw[n:]):.4f}; buckets a row "
               f"{np.mean((ex >= 0).sum(1)):.2f} / {np.mean((tw >= 0).sum(1)):.2f}")
+        if "hierarchical" in out:
+            hi, hi_us = out["hierarchical"]
+            print(f"  hierarchical: {hi_us:,.0f} CPU us a row; pairs sharing a bucket {share(hi[:n], hi[n:]):.4f}; "
+                  f"buckets a row {np.mean((hi >= 0).sum(1)):.2f}")
 
 
 if __name__ == "__main__":

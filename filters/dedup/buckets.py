@@ -102,12 +102,20 @@ def _nearest_two_level(x: np.ndarray, index: BucketIndex, p: int) -> tuple[np.nd
     `index.coarse_probes` nearest coarse cells (one dense product a cell for the rows probing it)."""
     x = x.astype(np.float64)
     cells, _ = _nearest(x, index.coarse, index.coarse_probes)
+    # (row, cell) probes grouped by cell, and the fine centroids grouped by cell, each by one sort.
+    probe_row = np.repeat(np.arange(len(x)), cells.shape[1])
+    o = np.argsort(cells.ravel(), kind="stable")
+    probe_row, probe_cell = probe_row[o], cells.ravel()[o]
+    by_cell = np.argsort(index.cell_of, kind="stable")
+    first = np.searchsorted(index.cell_of[by_cell], np.arange(len(index.coarse) + 1))
     rows, ids, dists = [], [], []
-    for j in np.unique(cells):
-        r = np.flatnonzero((cells == j).any(1))
-        members = np.flatnonzero(index.cell_of == j)
+    bounds = np.flatnonzero(np.diff(probe_cell)) + 1
+    for s, e in zip(np.r_[0, bounds], np.r_[bounds, len(probe_cell)]):
+        j = probe_cell[s]
+        members = by_cell[first[j]:first[j + 1]]
         if not len(members):
             continue
+        r = probe_row[s:e]
         top, dt = _nearest(x[r], index.centroids[members], p)
         rows.append(np.repeat(r, top.shape[1]))
         ids.append(members[top].ravel())
@@ -131,10 +139,9 @@ def assign(vec: np.ndarray, index: BucketIndex, probes: int, spherical: bool,
     x = vec / np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-12) if spherical else vec
     p = min(probes, index.k)
     near = np.empty((len(x), p), np.int64)
-    # Row blocks keep each distance matrix near 64 MB whatever the number of buckets.
-    width = index.k if index.coarse is None else \
-        len(index.coarse) + index.coarse_probes * index.k // len(index.coarse)
-    step = max(1, (1 << 23) // max(width, 1))
+    # Row blocks keep each distance matrix near 64 MB whatever the number of buckets (two-level:
+    # the rows-by-coarse-cells matrix; each cell's product is coarse_probes / cells of it).
+    step = max(1, (1 << 23) // (index.k if index.coarse is None else len(index.coarse)))
     for s in range(0, len(x), step):
         if index.coarse is None:
             top, d2 = _nearest(x[s:s + step], index.centroids, p)
