@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,34 +21,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUCKET = "mmcurate-bench"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shards", type=int, default=5000, help="shards in the run (markers written: 90%%)")
     a = ap.parse_args()
-    import s3fs
+    from tests.s3server import moto_server
 
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "bench",
-                       "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"})
-    try:
-        fs = s3fs.S3FileSystem(use_listings_cache=False, skip_instance_cache=True)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                fs.mkdir(BUCKET)
-                break
-            except Exception:  # noqa: BLE001 - the server is still starting
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+    with moto_server(BUCKET) as (fs, _):
         from pipeline import storage
         from pipeline.store import ColumnStore
 
@@ -71,10 +48,7 @@ def main() -> None:
         assert by_head == by_list, "the listing and the per-shard checks disagree"
         print(f"{a.shards:,} shards, {len(by_list):,} pending: one request a shard {t_head:.2f}s "
               f"({t_head / a.shards * 1e3:.2f} ms a shard); one listing {t_list:.2f}s "
-              f"({a.shards / 1000:.0f}+ LIST pages); {t_head / max(t_list, 1e-9):.0f}x")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+              f"({-(-a.shards // 1000)}+ LIST pages); {t_head / max(t_list, 1e-9):.0f}x")
 
 
 if __name__ == "__main__":

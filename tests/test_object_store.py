@@ -14,8 +14,6 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.conftest import _free_port
-
 pytestmark = pytest.mark.s3
 
 BUCKET = "mmcurate-test"
@@ -23,37 +21,13 @@ BUCKET = "mmcurate-test"
 
 @pytest.fixture(scope="module")
 def s3_server():
-    """moto's S3 server on loopback; the environment every client (s3fs, pyarrow, DuckDB via
-    fsspec, img2dataset's workers, Ray's workers) reads its endpoint and keys from."""
+    """moto's S3 server on loopback (tests/s3server.py)."""
     pytest.importorskip("moto.server")
-    s3fs = pytest.importorskip("s3fs")
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        fs = s3fs.S3FileSystem(use_listings_cache=False, skip_instance_cache=True)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                fs.mkdir(BUCKET)
-                break
-            except Exception:  # noqa: BLE001 - the server is still starting
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.2)
-        yield fs, env
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    pytest.importorskip("s3fs")
+    from tests.s3server import moto_server
+
+    with moto_server(BUCKET) as server:
+        yield server
 
 
 def _demo_recipe(corpus, workdir: str, input_path: str, executor: str) -> dict:
