@@ -14,8 +14,8 @@ so both give the same decisions by construction:
   near      map: the 8x8 summary of each signature, a uid-hashed sample trains k-means
             (`bucket_rows` rows a bucket); map: each row goes to its nearest bucket and the next
             ones within `bucket_ratio` of its distance (at most `bucket_probes`; above 20k buckets
-            found through a two-level index, filters/dedup/buckets.py) with its full signature; reduce (a range of buckets a task): exact k-NN and
-            verification inside each bucket. The driver builds stars from the verified edges.
+            found through a two-level index, filters/dedup/buckets.py) with its full signature;
+            reduce (a range of buckets a task): exact k-NN and verification inside each bucket. The driver builds stars from the verified edges.
   semantic  the same with the image embedding (SemDeDup: k-means, assign, compare within
             clusters in chunks), per CLIP model.
 Up to `bucket_rows` candidate rows there is one bucket: exact k-NN / exact cosine over all rows.
